@@ -1,0 +1,4 @@
+from memvos.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,25 @@
+"""Soft aggregation of independent per-object probabilities (RGMP / STM)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+#: Probabilities are clamped to [EPS, 1 - EPS] before the logit, as in the STM reference.
+AGGREGATION_EPS = 1e-7
+
+
+def soft_aggregate(prob: Tensor, eps: float = AGGREGATION_EPS) -> Tensor:
+    """Merge independent foreground probabilities into one distribution over {background, objects}.
+
+    Args:
+        prob: (N, H, W) foreground probability of each of N objects, computed independently.
+    Returns:
+        (N + 1, H, W) probabilities summing to 1 over dim 0; channel 0 is the background.
+        Background = prod_o (1 - p_o); every channel clamped to [eps, 1 - eps];
+        logit = log(p / (1 - p)); result = softmax over channels of those logits.
+    """
+    bg = torch.prod(1 - prob, dim=0, keepdim=True)
+    em = torch.cat([bg, prob], dim=0).clamp(eps, 1 - eps)
+    logits = torch.log(em / (1 - em))
+    return torch.softmax(logits, dim=0)

@@ -1,0 +1,341 @@
+"""Streaming inference session: feed frames one at a time, give masks on any frame, get masks back.
+
+Example::
+
+    session = InferenceSession(load_model(), device="cpu")
+    for i, frame in enumerate(frames):                # (H, W, 3) uint8 RGB
+        result = session.step(frame, mask=masks.get(i))  # mask: (H, W) int ids, or None
+        save(result.labels)                           # (H, W) int ids
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from memvos.errors import InputError
+from memvos.inference.aggregation import soft_aggregate
+from memvos.inference.objects import ObjectManager
+from memvos.inference.padding import Pad, pad_to_multiple, unpad
+from memvos.memory.bank import MemoryBank, MemoryEntry
+from memvos.memory.policy import EntryKind, MemoryPolicy
+from memvos.memory.read import MemoryReader, ReadKind
+from memvos.models.base import MemoryNetwork, QueryEncoding
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+_DEFAULT = object()
+#: Objects whose given-mask "others" channel is built exactly as the STM reference (sum of slices);
+#: above this the cheaper total-minus-own form is used (equal up to float rounding).
+_EXACT_OTHERS_MAX_OBJECTS = 16
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda if available else cpu; "cuda" without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available (use --device cpu)")
+    return torch.device(device)
+
+
+def cpu_supports_bf16() -> bool:
+    """True if oneDNN has native bf16 kernels on this CPU (AVX512-BF16 / AMX)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> str:
+    """"auto" -> fp16 on CUDA, bf16 on CPUs with native bf16, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+@dataclass
+class StepResult:
+    """Output of one :meth:`InferenceSession.step`.
+
+    Attributes:
+        index: frame index in the session (0-based).
+        labels: (H, W) int32 object ids (0 = background).
+        probs: (N + 1, H, W) float32 probabilities, channel 0 background, then ``object_ids`` in order.
+        object_ids: ids of the probability channels 1..N.
+    """
+
+    index: int
+    labels: np.ndarray
+    probs: Tensor
+    object_ids: list[int]
+
+
+@dataclass
+class _Pending:
+    """A segmented frame waiting to be encoded into memory (done lazily at the next step)."""
+
+    index: int
+    kind: EntryKind
+    image: Tensor  # (1, 3, Hp, Wp)
+    query: QueryEncoding | None
+    probs: Tensor  # (N, H', W') object probabilities at processing resolution (unpadded)
+    object_ids: tuple[int, ...]
+
+
+class InferenceSession:
+    """Semi-supervised VOS over a stream of frames with a space-time memory.
+
+    Args:
+        model: a :class:`MemoryNetwork` (weights loaded, any device).
+        memory_read: "stm" (softmax over all memory) or "kmn" (Gaussian-kernelized read).
+        kmn_sigma: KMN kernel width in feature cells.
+        top_k: keep only the top-k memory positions per query position (None: all).
+        mem_every: every N-th frame becomes a permanent memory entry (default: the model's, 5 for STM).
+        max_memory_frames: memory capacity in frames (default: the model's); None = unbounded.
+        precision: "fp32" (exact, deterministic), "bf16" (autocast + channels_last; fast on AMX CPUs),
+            "fp16" (CUDA autocast) or "auto".
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        size: process frames resized so that their shorter side is ``size`` pixels (None: original size).
+            Probabilities are upsampled back (bilinear) before the argmax.
+    """
+
+    def __init__(
+        self,
+        model: MemoryNetwork,
+        *,
+        memory_read: ReadKind = "stm",
+        kmn_sigma: float = 7.0,
+        top_k: int | None = None,
+        mem_every: int | None = None,
+        max_memory_frames: int | None | object = _DEFAULT,
+        precision: Precision = "auto",
+        device: str = "cpu",
+        size: int | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"unknown precision {precision!r}")
+        self.model = model.to(self.device).eval()
+        if self.precision != "fp32":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.reader = MemoryReader(kind=memory_read, sigma=kmn_sigma, top_k=top_k, similarity=model.similarity)
+        policy = MemoryPolicy(
+            mem_every=model.default_mem_every if mem_every is None else mem_every,
+            max_frames=model.default_max_memory_frames if max_memory_frames is _DEFAULT else max_memory_frames,
+        )
+        self.memory = MemoryBank(policy, shared_key=model.shared_key)
+        self.objects = ObjectManager()
+        self.size = size
+        self.index = 0
+        self._first_annotated: int | None = None
+        self._pending: _Pending | None = None
+        self._frame_hw: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def object_ids(self) -> list[int]:
+        return self.objects.ids
+
+    @property
+    def policy(self) -> MemoryPolicy:
+        return self.memory.policy
+
+    def reset(self) -> None:
+        """Forget all frames, objects and memory (same model and settings)."""
+        self.memory.clear()
+        self.objects = ObjectManager()
+        self.index = 0
+        self._first_annotated = None
+        self._pending = None
+        self._frame_hw = None
+
+    def remove_object(self, object_id: int) -> None:
+        """Stop tracking an object and drop it from memory."""
+        self._flush_pending()
+        self.objects.remove(object_id)
+        self.memory.remove_object(object_id)
+
+    @torch.inference_mode()
+    def step(
+        self, image: np.ndarray | Tensor, mask: np.ndarray | None = None, objects: Iterable[int] | None = None
+    ) -> StepResult:
+        """Segment the next frame.
+
+        Args:
+            image: (H, W, 3) uint8 RGB array, or a (3, H, W) float tensor in [0, 1].
+            mask: optional (H, W) int array of object ids given by the user for this frame.
+            objects: ids the mask speaks for (default: the non-zero ids in ``mask``). An id listed here
+                but absent from ``mask`` is absent on this frame; tracked objects not listed keep their
+                prediction outside the given objects' pixels. New ids start being tracked here.
+        Returns:
+            :class:`StepResult` for this frame.
+        """
+        frame = self._to_tensor(image)
+        h, w = frame.shape[-2:]
+        if self._frame_hw is None:
+            self._frame_hw = (h, w)
+        elif self._frame_hw != (h, w):
+            raise InputError(f"frame {self.index} is {w}x{h} but earlier frames are {self._frame_hw[1]}x{self._frame_hw[0]}")
+        given_ids: list[int] = []
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape != (h, w):
+                raise InputError(f"mask for frame {self.index} is {mask.shape[1]}x{mask.shape[0]}, frame is {w}x{h}")
+            present = [int(v) for v in np.unique(mask) if v != 0]
+            given_ids = present if objects is None else sorted({int(o) for o in objects})
+            stray = set(present) - set(given_ids)
+            if stray:
+                raise InputError(f"mask for frame {self.index} has ids {sorted(stray)} not listed in objects")
+
+        with self._autocast():
+            self._flush_pending()
+            proc = self._resize(frame)
+            padded, pad = pad_to_multiple(proc, self.model.stride)
+            if self.precision != "fp32":
+                padded = padded.contiguous(memory_format=torch.channels_last)
+            to_predict = [o for o in self.objects.ids if o not in given_ids]
+            query = None
+            predicted = None
+            if to_predict:
+                query = self.model.encode_query(padded)
+                readout = self.memory.read(self.reader, query.key, to_predict)
+                predicted = unpad(self.model.decode(query, readout).float(), pad)  # (n, h', w')
+
+        new_ids = [o for o in given_ids if o not in self.objects and (mask == o).any()]
+        self.objects.add(new_ids)
+        ids = self.objects.ids
+        proc_hw = proc.shape[-2:]
+        obj_probs = torch.zeros((len(ids), *proc_hw), device=self.device)
+        background = None  # soft-aggregated background, kept exact when nothing is overridden
+        if predicted is not None:
+            agg = soft_aggregate(predicted)  # (n+1, h', w')
+            background = agg[0:1]
+            for row, oid in enumerate(to_predict):
+                obj_probs[ids.index(oid)] = agg[row + 1]
+        annotated = mask is not None and bool(given_ids)
+        if annotated:
+            given = torch.from_numpy(mask.astype(np.int64)).to(self.device)
+            given_onehot = torch.stack([given == o for o in ids]).float()  # (N, H, W)
+            given_onehot = self._resize_probs(given_onehot, proc_hw)
+            given_any = given_onehot.sum(0).clamp(max=1)
+            listed = torch.tensor([o in given_ids for o in ids], device=self.device)
+            # Listed objects take the user's mask; unlisted ones keep their prediction where the user
+            # labelled nothing.
+            obj_probs = torch.where(listed[:, None, None], given_onehot, obj_probs * (1 - given_any))
+            if self._first_annotated is None:
+                self._first_annotated = self.index
+
+        if ids and self._first_annotated is not None:
+            kind = self.policy.kind_for(self.index, self._first_annotated, annotated)
+            if kind is not None:
+                self._pending = _Pending(self.index, kind, padded, query, obj_probs, tuple(ids))
+
+        probs = self._to_output(obj_probs, None if annotated else background, (h, w))
+        if annotated:  # given pixels are exact at full resolution whatever the processing size
+            probs = self._apply_given(probs, mask, ids, given_ids)
+        labels_idx = probs.argmax(0).cpu().numpy()
+        lut = np.array([0, *ids], dtype=np.int64)
+        result = StepResult(self.index, lut[labels_idx].astype(np.int32), probs.cpu(), ids)
+        self.index += 1
+        return result
+
+    def propagate(
+        self, frames: Iterable[np.ndarray], masks: dict[int, np.ndarray] | None = None
+    ) -> Iterator[StepResult]:
+        """Step through ``frames`` (SAM 2's ``propagate_in_video`` shape); ``masks`` maps index -> mask."""
+        masks = masks or {}
+        for frame in frames:
+            yield self.step(frame, masks.get(self.index))
+
+    # ------------------------------------------------------------------ internals
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _to_tensor(self, image: np.ndarray | Tensor) -> Tensor:
+        if isinstance(image, Tensor):
+            if image.ndim != 3 or image.shape[0] != 3:
+                raise InputError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
+            return image.to(self.device, torch.float32).unsqueeze(0)
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise InputError(f"frame {self.index} must be an (H, W, 3) RGB image, got shape {arr.shape}")
+        t = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+        return t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+    def _processing_hw(self, h: int, w: int) -> tuple[int, int]:
+        if self.size is None or min(h, w) == self.size:
+            return h, w
+        scale = self.size / min(h, w)
+        return max(1, round(h * scale)), max(1, round(w * scale))
+
+    def _resize(self, frame: Tensor) -> Tensor:
+        h, w = frame.shape[-2:]
+        ph, pw = self._processing_hw(h, w)
+        if (ph, pw) == (h, w):
+            return frame
+        return F.interpolate(frame, size=(ph, pw), mode="bilinear", align_corners=False, antialias=True)
+
+    def _resize_probs(self, probs: Tensor, hw: tuple[int, int]) -> Tensor:
+        if tuple(probs.shape[-2:]) == tuple(hw):
+            return probs
+        return F.interpolate(probs[None], size=hw, mode="bilinear", align_corners=False)[0]
+
+    def _to_output(self, obj_probs: Tensor, background: Tensor | None, hw: tuple[int, int]) -> Tensor:
+        """(N, h', w') object probabilities (+ (1, h', w') background) -> (N+1, H, W) at the original size."""
+        if background is None:
+            background = (1 - obj_probs.sum(0, keepdim=True)).clamp(min=0)
+        return self._resize_probs(torch.cat([background, obj_probs], dim=0), hw)
+
+    def _apply_given(self, probs: Tensor, mask: np.ndarray, ids: list[int], given_ids: list[int]) -> Tensor:
+        given = torch.from_numpy(mask.astype(np.int64)).to(probs.device)
+        for oid in given_ids:
+            if oid not in ids:
+                continue
+            ch = ids.index(oid) + 1
+            probs[ch] = (given == oid).float()
+        labelled = given > 0
+        unlisted = [ids.index(o) + 1 for o in ids if o not in given_ids]
+        for ch in unlisted:
+            probs[ch] = torch.where(labelled, torch.zeros_like(probs[ch]), probs[ch])
+        probs[0] = (1 - probs[1:].sum(0)).clamp(min=0)
+        return probs
+
+    def _flush_pending(self) -> None:
+        """Encode the last segmented frame into memory (STM memorises frame t-1 before reading for t)."""
+        p = self._pending
+        if p is None:
+            return
+        self._pending = None
+        masks, _ = pad_to_multiple(p.probs, self.model.stride)
+        others = _others(masks)
+        key, value = self.model.encode_memory(p.image, p.query, masks, others)
+        self.memory.add(MemoryEntry(p.index, p.kind, key, value, p.object_ids))
+
+
+def _others(masks: Tensor) -> Tensor:
+    """(N, H, W) -> (N, H, W): clamp(sum of the other objects' masks, 0, 1), as the STM reference."""
+    n = masks.shape[0]
+    if n <= _EXACT_OTHERS_MAX_OBJECTS:
+        zero = torch.zeros_like(masks[0])
+        rows = [
+            (torch.sum(masks[:o], dim=0) if o > 0 else zero) + (torch.sum(masks[o + 1 :], dim=0) if o + 1 < n else zero)
+            for o in range(n)
+        ]
+        return torch.stack(rows).clamp(0, 1)
+    return (masks.sum(0, keepdim=True) - masks).clamp(0, 1)

@@ -1,0 +1,1 @@
+"""memvos.memory."""

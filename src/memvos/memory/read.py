@@ -1,0 +1,170 @@
+"""Similarity maths of the memory read: affinity, STM softmax read, KMN kernelized read, top-k.
+
+Notation: M memory positions (T frames x h x w, frame-major), Q query positions (h x w), Ck/Cv key/value
+channels, B a batch (objects with their own keys, or 1 when the key is shared).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+ReadKind = Literal["stm", "kmn"]
+
+#: Affinity elements (M x query chunk) materialised at once per batch entry; bounds memory use.
+DEFAULT_CHUNK_ELEMENTS = 1 << 25
+
+
+def affinity(mem_key: Tensor, query_key: Tensor, similarity: str = "dot") -> Tensor:
+    """Scaled affinity between every memory and query position.
+
+    Args:
+        mem_key: (B, Ck, M); query_key: (B, Ck, Q).
+        similarity: "dot": k_M . k_Q / sqrt(Ck) (STM). "l2": -||k_M - k_Q||^2 / sqrt(Ck) (STCN).
+    Returns:
+        (B, M, Q).
+    """
+    scale = 1.0 / math.sqrt(mem_key.shape[1])
+    aff = torch.bmm(mem_key.transpose(1, 2), query_key)
+    if similarity == "dot":
+        return aff * scale
+    if similarity == "l2":
+        m_sq = mem_key.pow(2).sum(1).unsqueeze(2)  # (B, M, 1)
+        q_sq = query_key.pow(2).sum(1).unsqueeze(1)  # (B, 1, Q)
+        return (2 * aff - m_sq - q_sq) * scale
+    raise ValueError(f"unknown similarity {similarity!r}")
+
+
+def grid_coordinates(height: int, width: int, device: torch.device | None = None) -> Tensor:
+    """(h*w, 2) float (y, x) cell coordinates of a row-major grid."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device, dtype=torch.float32),
+        torch.arange(width, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    return torch.stack([ys.reshape(-1), xs.reshape(-1)], dim=1)
+
+
+def kmn_kernel(
+    best_query: Tensor, query_hw: tuple[int, int], sigma: float, query_slice: slice | None = None
+) -> Tensor:
+    """Gaussian g[i, j] on the query grid centred at each memory position's best query match.
+
+    Args:
+        best_query: (B, M) index in [0, Q) of argmax_j A[i, j] for every memory position i.
+        query_hw: (h, w) of the query grid, Q = h * w.
+        sigma: standard deviation in grid cells.
+        query_slice: only these query positions j (default all).
+    Returns:
+        (B, M, Qs) = exp(-((y_j - y_q(i))^2 + (x_j - x_q(i))^2) / (2 sigma^2)).
+    """
+    coords = grid_coordinates(*query_hw, device=best_query.device)  # (Q, 2)
+    centre = coords[best_query]  # (B, M, 2)
+    cj = coords if query_slice is None else coords[query_slice]
+    d2 = (centre[..., 0:1] - cj[:, 0]) ** 2 + (centre[..., 1:2] - cj[:, 1]) ** 2
+    return torch.exp(-d2 / (2.0 * sigma * sigma))
+
+
+def read_weights(
+    aff: Tensor,
+    kind: ReadKind = "stm",
+    *,
+    kernel: Tensor | None = None,
+    top_k: int | None = None,
+) -> Tensor:
+    """Read weights from an affinity, normalised over memory positions (dim 1).
+
+    Args:
+        aff: (B, M, Q) affinity.
+        kind: "stm" — softmax over M. "kmn" — softmax over M times ``kernel`` (B, M, Q), renormalised.
+        top_k: keep only the k largest affinities per query position before normalising.
+    Returns:
+        (B, M, Q) weights summing to 1 over M.
+    """
+    aff = aff.float()
+    if top_k is not None and top_k < aff.shape[1]:
+        values, indices = aff.topk(top_k, dim=1)
+        masked = torch.full_like(aff, float("-inf"))
+        aff = masked.scatter_(1, indices, values)
+    w = torch.softmax(aff, dim=1)
+    if kind == "kmn":
+        if kernel is None:
+            raise ValueError("kmn read needs a kernel")
+        w = w * kernel
+        w = w / w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    elif kind != "stm":
+        raise ValueError(f"unknown memory read {kind!r}")
+    return w
+
+
+@dataclass(frozen=True)
+class MemoryReader:
+    """Memory read: out[:, :, j] = sum_i w[i, j] v_M[:, :, i], chunked over query positions.
+
+    Attributes:
+        kind: "stm" (softmax over all memory positions) or "kmn" (Gaussian kernel around each memory
+            position's best query match, Lee et al. 2020).
+        sigma: KMN kernel width in feature cells (7 at stride 16 in the paper).
+        top_k: optional number of memory positions kept per query position.
+        similarity: "dot" or "l2" (a property of the model).
+        chunk_elements: affinity elements per chunk (bounds peak memory).
+    """
+
+    kind: ReadKind = "stm"
+    sigma: float = 7.0
+    top_k: int | None = None
+    similarity: str = "dot"
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("stm", "kmn"):
+            raise ValueError(f"unknown memory read {self.kind!r} (choose stm or kmn)")
+        if self.sigma <= 0:
+            raise ValueError("kmn sigma must be > 0")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError("top_k must be >= 1")
+
+    def _chunks(self, m: int, q: int) -> list[slice]:
+        step = max(1, min(q, self.chunk_elements // max(m, 1)))
+        return [slice(s, min(s + step, q)) for s in range(0, q, step)]
+
+    def best_query_match(self, mem_key: Tensor, query_key: Tensor) -> Tensor:
+        """(B, M) argmax over query positions of the affinity, computed chunk by chunk."""
+        b, _, m = mem_key.shape
+        best_val = torch.full((b, m), float("-inf"), device=mem_key.device)
+        best_idx = torch.zeros((b, m), dtype=torch.long, device=mem_key.device)
+        for sl in self._chunks(m, query_key.shape[2]):
+            val, idx = affinity(mem_key, query_key[:, :, sl], self.similarity).float().max(dim=2)
+            better = val > best_val  # strict: the first maximum wins, like argmax on the whole row
+            best_val = torch.where(better, val, best_val)
+            best_idx = torch.where(better, idx + sl.start, best_idx)
+        return best_idx
+
+    def __call__(self, mem_key: Tensor, mem_value: Tensor, query_key: Tensor, query_hw: tuple[int, int]) -> Tensor:
+        """Read the memory.
+
+        Args:
+            mem_key: (B, Ck, M). B = 1 when the key is shared by all objects.
+            mem_value: (N, Cv, M) with N == B, or any N when B == 1.
+            query_key: (B, Ck, Q), Q = h * w.
+            query_hw: (h, w).
+        Returns:
+            (N, Cv, Q) read-out.
+        """
+        n, cv, m = mem_value.shape
+        q = query_key.shape[2]
+        best = self.best_query_match(mem_key, query_key) if self.kind == "kmn" else None
+        out = mem_value.new_empty((n, cv, q))
+        for sl in self._chunks(m, q):
+            aff = affinity(mem_key, query_key[:, :, sl], self.similarity)
+            kernel = None if best is None else kmn_kernel(best, query_hw, self.sigma, sl)
+            w = read_weights(aff, self.kind, kernel=kernel, top_k=self.top_k).to(mem_value.dtype)
+            if w.shape[0] == n:
+                out[:, :, sl] = torch.bmm(mem_value, w)
+            else:  # shared key: one weight matrix for all objects
+                out[:, :, sl] = torch.matmul(mem_value, w[0])
+        return out

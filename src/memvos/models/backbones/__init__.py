@@ -1,0 +1,1 @@
+"""memvos.models.backbones."""
