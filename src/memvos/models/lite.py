@@ -106,6 +106,23 @@ class LiteMemoryNetwork(MemoryNetwork):
         self.mask_encoder = MaskEncoder(f4, f8, f16)
         self.decoder = LiteDecoder(VALUE_DIM + QUERY_VALUE_DIM, f8, f4)
 
+    def freeze_backbone(self, until_stride: int) -> int:
+        """Freeze the stem and every backbone block up to output stride ``until_stride`` (0: none).
+
+        Returns the number of parameters frozen.
+        """
+        if until_stride <= 0:
+            return 0
+        bb = self.backbone
+        last = max(i for i, st in bb._feature_at.items() if st <= until_stride)
+        modules = [bb._conv_stem, bb._bn0, *bb._blocks[: last + 1]]
+        n = 0
+        for m in modules:
+            for p in m.parameters():
+                p.requires_grad_(False)
+                n += p.numel()
+        return n
+
     # -- batched building blocks (used by training and by the session API below)
     def encode_frames(self, images: Tensor) -> QueryEncoding:
         """images (B, 3, H, W) in [0, 1] -> key (B, Ck, h, w) and per-frame features."""

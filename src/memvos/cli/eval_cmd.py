@@ -1,0 +1,104 @@
+"""``memvos eval``: DAVIS J&F evaluation of a results folder (equal to the official DAVIS 2017 evaluator)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``eval`` sub-command."""
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate predicted masks with the DAVIS J&F protocol",
+        description=(
+            "Evaluate RESULTS/<seq>/<frame>.png against ANNOTATIONS/<seq>/<frame>.png with the DAVIS "
+            "semi-supervised protocol (first and last frame excluded). Prints the global row and one row "
+            "per object and writes global_results-<set>.csv and per-sequence_results-<set>.csv."
+        ),
+    )
+    p.add_argument(
+        "results", type=Path, metavar="RESULTS", help="folder with one sub-folder of PNGs per sequence"
+    )
+    p.add_argument("--gt", type=Path, required=True, metavar="ANNOTATIONS", help="ground-truth folder")
+    p.add_argument(
+        "--year",
+        type=int,
+        choices=(2016, 2017),
+        default=2017,
+        help="2017: per object (default); 2016: all foreground merged",
+    )
+    p.add_argument(
+        "--sequences",
+        nargs="+",
+        metavar="SEQ",
+        help="sequences to evaluate (default: every sub-folder of RESULTS with PNGs)",
+    )
+    p.add_argument(
+        "--set",
+        dest="set_name",
+        default="val",
+        metavar="NAME",
+        help="set name used in the CSV file names (default: val)",
+    )
+    p.add_argument("--out", type=Path, metavar="DIR", help="folder for the CSV files (default: RESULTS)")
+    p.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write all results (per-frame J and F) as JSON"
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="parallel processes (default: CPU count)"
+    )
+    p.add_argument(
+        "--objects",
+        choices=("auto", "first-frame", "first-appearance"),
+        default="auto",
+        help="which objects are scored from which frame (default auto; see docs/evaluation.md)",
+    )
+    p.add_argument(
+        "--bound-th",
+        type=float,
+        default=0.008,
+        help="F boundary tolerance: fraction of the diagonal, or pixels if >= 1",
+    )
+    p.add_argument(
+        "--t-stability",
+        action="store_true",
+        help="also compute the approximate DAVIS-2016 temporal stability T",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation, print the table, write the CSV (and JSON) files."""
+    from memvos.evaluation import default_workers, evaluate, format_table, write_csvs, write_json
+
+    workers = args.workers if args.workers is not None else default_workers()
+    start = time.perf_counter()
+    result = evaluate(
+        args.results,
+        args.gt,
+        sequences=args.sequences,
+        year=args.year,
+        bound_th=args.bound_th,
+        object_mode=args.objects,
+        temporal_stability=args.t_stability,
+        workers=max(1, workers),
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    elapsed = time.perf_counter() - start
+    print(format_table(result, args.set_name))
+    out_dir = args.out if args.out is not None else args.results
+    g_path, s_path = write_csvs(result, out_dir, args.set_name)
+    logger.info("wrote %s and %s", g_path, s_path)
+    if args.json:
+        logger.info("wrote %s", write_json(result, args.json))
+    logger.info(
+        "evaluated %d objects of %d sequences in %.1f s", len(result.objects), len(result.sequences), elapsed
+    )
+    return 0

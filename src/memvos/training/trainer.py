@@ -1,0 +1,321 @@
+"""Training loop for memvos-lite: three-frame clips, memory read with predicted masks, soft-aggregated CE.
+
+Runs on one CPU/GPU or under ``torchrun`` (DDP: gloo on CPU, NCCL on GPU). Checkpoints every few minutes
+(``checkpoint.pth``, exact resume), logs JSON lines to ``log.jsonl``, shows a progress bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from memvos.inference.aggregation import soft_aggregate
+from memvos.memory.read import MemoryReader
+from memvos.models.base import QueryEncoding
+from memvos.models.lite import LiteMemoryNetwork
+from memvos.models.weights import load_weights, read_state_dict
+from memvos.training.config import TrainConfig
+from memvos.training.data import ClipSampler, SampleStream, collate, index_davis, max_gap
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pth"
+LOG = "log.jsonl"
+
+
+# ---------------------------------------------------------------------------- the loss of one batch
+def _select(q: QueryEncoding, idx: Tensor) -> QueryEncoding:
+    return QueryEncoding(q.key[idx], {k: v[idx] for k, v in q.features.items()})
+
+
+def others_of(masks: Tensor) -> Tensor:
+    """(B, O, H, W) -> clamp(sum of the other objects, 0, 1)."""
+    return (masks.sum(1, keepdim=True) - masks).clamp(0, 1)
+
+
+def clip_loss(
+    model: LiteMemoryNetwork, batch: dict[str, Tensor], reader: MemoryReader, bootstrap_ratio: float = 1.0
+) -> tuple[Tensor, dict[str, float]]:
+    """Cross-entropy on the soft-aggregated predictions of frames 2 and 3 of every clip.
+
+    Frame 2 reads the memory of frame 1 (given mask); frame 3 reads frames 1 and 2, frame 2 with its
+    *predicted* soft mask. batch: frames (B, 3, 3, H, W), masks (B, 3, O, H, W), valid (B, O).
+    """
+    frames, masks, valid = batch["frames"], batch["masks"], batch["valid"]
+    b, t, o = masks.shape[:3]
+    enc = model.encode_frames(frames.flatten(0, 1))
+    frame_idx = [torch.arange(b, device=frames.device) * t + i for i in range(t)]
+    queries = [_select(enc, idx) for idx in frame_idx]
+    vmask = valid[:, :, None, None].to(masks.dtype)
+    mem_keys = [queries[0].key]
+    mem_values = [model.encode_values(queries[0], masks[:, 0], others_of(masks[:, 0]))]
+    losses, ious = [], []
+    for i in range(1, t):
+        key = torch.stack(mem_keys, 2).flatten(2)  # (B, Ck, T*h*w)
+        value = torch.stack(mem_values, 3)  # (B, O, Cv, T, h, w)
+        qk = queries[i].key
+        readout = reader(key, value.flatten(1, 2).flatten(2), qk.flatten(2), tuple(qk.shape[-2:]))
+        readout = readout.view(b, o, -1, *qk.shape[-2:])
+        logits = model.decode_logits(queries[i], readout).float()  # (B, O, H, W)
+        prob = torch.sigmoid(logits) * vmask
+        agg = soft_aggregate(prob, dim=1)  # (B, O+1, H, W)
+        gt = masks[:, i]
+        labels = torch.where(gt.sum(1) > 0, gt.argmax(1) + 1, torch.zeros_like(gt[:, 0], dtype=torch.long))
+        pixel_loss = F.nll_loss(torch.log(agg.clamp_min(1e-8)), labels, reduction="none").flatten(1)
+        if bootstrap_ratio < 1.0:
+            k = max(1, int(pixel_loss.shape[1] * bootstrap_ratio))
+            pixel_loss = pixel_loss.topk(k, dim=1).values
+        losses.append(pixel_loss.mean())
+        pred = agg.argmax(1)
+        inter = ((pred == labels) & (labels > 0)).sum().item()
+        union = ((pred > 0) | (labels > 0)).sum().item()
+        ious.append(inter / max(union, 1))
+        if i + 1 < t:
+            soft = agg[:, 1:].detach()
+            mem_keys.append(qk)
+            mem_values.append(model.encode_values(queries[i], soft, others_of(soft)))
+    loss = sum(losses) / len(losses)
+    return loss, {"loss": float(loss.detach()), "iou": float(np.mean(ious))}
+
+
+class ClipLoss(nn.Module):
+    """Wraps the model so that DDP sees the whole clip loss as one ``forward``."""
+
+    def __init__(self, model: LiteMemoryNetwork, reader: MemoryReader):
+        super().__init__()
+        self.model = model
+        self.reader = reader
+
+    def forward(self, batch: dict[str, Tensor], bootstrap_ratio: float) -> tuple[Tensor, dict[str, float]]:
+        return clip_loss(self.model, batch, self.reader, bootstrap_ratio)
+
+
+# ---------------------------------------------------------------------------- distributed helpers
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _setup_distributed(device: torch.device) -> tuple[int, int]:
+    rank, world, _ = _dist_env()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _freeze_bn(model: nn.Module) -> None:
+    """Small batches: keep BatchNorm statistics fixed (as STM/STCN training does)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
+def _lr_factor(cfg: TrainConfig, it: int) -> float:
+    """Linear warm-up, then cosine decay to 5% at the last iteration."""
+    if it < cfg.warmup_iters:
+        return (it + 1) / cfg.warmup_iters
+    t = (it - cfg.warmup_iters) / max(1, cfg.iterations - cfg.warmup_iters)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+# ---------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Owns model, optimiser, data and bookkeeping of one training run in ``out_dir``."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, device: str = "auto", progress: bool = True):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        _, world, local = _dist_env()
+        self.device = torch.device(f"cuda:{local}" if device == "cuda" and world > 1 else device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.rank, self.world = _setup_distributed(self.device)
+        self.progress = progress and self.rank == 0
+        precision = cfg.precision
+        if precision == "auto":
+            precision = "fp16" if self.device.type == "cuda" else "fp32"
+        self.precision = precision
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+
+        if cfg.model != "memvos-lite":
+            raise ValueError(f"training supports model memvos-lite, not {cfg.model!r}")
+        model = LiteMemoryNetwork(pretrained_backbone=cfg.pretrained_backbone)
+        if cfg.init_weights:
+            load_weights(model, read_state_dict(cfg.init_weights), source=cfg.init_weights)
+        frozen = model.freeze_backbone(cfg.freeze_backbone_stride)
+        logger.info("froze %d backbone parameters (up to stride %d)", frozen, cfg.freeze_backbone_stride)
+        model.train()
+        _freeze_bn(model)
+        model = model.to(self.device)
+        if precision != "fp32":
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.reader = MemoryReader(kind="stm", similarity=model.similarity)
+        loss_module = ClipLoss(model, self.reader)
+        self.loss_fn = (
+            nn.parallel.DistributedDataParallel(
+                loss_module, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
+            if self.world > 1
+            else loss_module
+        )
+        backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+        ids = {id(p) for p in backbone}
+        heads = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": backbone, "lr": cfg.backbone_lr}, {"params": heads, "lr": cfg.lr}],
+            weight_decay=cfg.weight_decay,
+        )
+        self.base_lrs = [cfg.backbone_lr, cfg.lr]
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and self.device.type == "cuda")
+        self.iteration = 0
+        self.best_val: float | None = None
+        self._resume()
+
+    # -------------------------------------------------------------- state
+    def _resume(self) -> None:
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            return
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.iteration = state["iteration"]
+        self.best_val = state.get("best_val")
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed %s at iteration %d", path, self.iteration)
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+            "best_val": self.best_val,
+            "torch_rng": torch.get_rng_state(),
+            "config": self.cfg.to_dict(),
+        }
+        tmp = self.out / (CHECKPOINT + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.out / CHECKPOINT)
+        logger.info("checkpoint at iteration %d", self.iteration)
+
+    def export_weights(self, path: str | Path) -> Path:
+        """fp16 state dict for shipping (loadable with weights_only=True)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in self.model.state_dict().items()}
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(sd, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def _log(self, record: dict) -> None:
+        if self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / LOG, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    # -------------------------------------------------------------- loop
+    def _loader(self) -> torch.utils.data.DataLoader:
+        cfg = self.cfg
+        exclude = set(cfg.val_sequences)
+        seqs = [s for root in cfg.davis_roots for s in index_davis(root, exclude)]
+        sampler = ClipSampler(cfg, seqs)
+        stream = SampleStream(sampler, cfg.seed, self.rank, cfg.batch_size, self.iteration)
+        return torch.utils.data.DataLoader(
+            stream, batch_size=None, num_workers=cfg.num_workers, collate_fn=collate,
+            persistent_workers=False, prefetch_factor=2 if cfg.num_workers else None,
+        )
+
+    def train(self, iterations: int | None = None, validate=None) -> None:
+        """Train up to ``iterations`` (default cfg.iterations) total iterations.
+
+        Args:
+            validate: optional callable(model) -> dict of metrics, run every cfg.val_every iterations and at
+                the end on rank 0; its "J&F-Mean" is logged.
+        """
+        cfg = self.cfg
+        total = cfg.iterations if iterations is None else iterations
+        if self.iteration >= total:
+            return
+        last_ckpt = time.monotonic()
+        bar = tqdm(total=total, initial=self.iteration, desc="train", unit="it", disable=not self.progress,
+                   dynamic_ncols=True)
+        t_start = time.monotonic()
+        for it, batch in self._loader():
+            assert it == self.iteration, (it, self.iteration)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            if self.precision != "fp32":
+                batch["frames"] = batch["frames"].contiguous()
+            for g, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+                g["lr"] = base * _lr_factor(cfg, it)
+            ratio = cfg.bootstrap_ratio if it >= cfg.bootstrap_start else 1.0
+            with _autocast(self.precision, self.device):
+                loss, stats = self.loss_fn(batch, ratio)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.iteration = it + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", iou=f"{stats['iou']:.2f}")
+            if self.iteration % cfg.log_every == 0 or self.iteration == total:
+                self._log({"iteration": self.iteration, **stats, "lr": self.optimizer.param_groups[1]["lr"],
+                           "max_gap": max_gap(cfg, it),
+                           "elapsed_s": round(time.monotonic() - t_start, 1)})
+            done = self.iteration >= total
+            if validate is not None and self.rank == 0 and (self.iteration % cfg.val_every == 0 or done):
+                self.model.eval()
+                metrics = validate(self.model)
+                self.model.train()
+                _freeze_bn(self.model)
+                self._log({"iteration": self.iteration, "validation": metrics})
+                jf = metrics.get("J&F-Mean")
+                if jf is not None and (self.best_val is None or jf > self.best_val):
+                    self.best_val = jf
+                    self.export_weights(self.out / "best.pth")
+            if done or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                self.save_checkpoint()
+                if self.rank == 0:
+                    self.export_weights(self.out / "last.pth")
+                last_ckpt = time.monotonic()
+            if done:
+                break
+        bar.close()
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
