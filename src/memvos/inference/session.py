@@ -275,7 +275,7 @@ class InferenceSession:
         arr = np.asarray(image)
         if arr.ndim != 3 or arr.shape[2] != 3:
             raise InputError(f"frame {self.index} must be an (H, W, 3) RGB image, got shape {arr.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+        t = torch.from_numpy(arr if arr.flags.writeable and arr.flags.c_contiguous else arr.copy()).to(self.device)
         return t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
     def _processing_hw(self, h: int, w: int) -> tuple[int, int]:

@@ -39,8 +39,9 @@ class TrainConfig:
     warmup_iters: int = 100
     bootstrap_start: int = 1000  # after this iteration, the loss keeps only the hardest pixels ...
     bootstrap_ratio: float = 0.2  # ... this fraction of them
-    # auto = fp16 AMP on CUDA, fp32 on CPU: bf16 autocast *backward* measured ~10x slower than fp32 on
-    # the 2-core AMX CPUs (forward+backward of one batch: 35-130 s vs 5 s), so it is opt-in there.
+    # auto = fp16 AMP on CUDA; on CPU bf16 only where oneDNN has native bf16 (AMX / AVX512-BF16). Without it
+    # (e.g. an AVX2-only AMD EPYC) bf16 autocast is emulated: forward+backward of one batch measured
+    # 35-130 s vs 5 s in fp32.
     precision: str = "auto"  # auto | fp32 | bf16 (CPU autocast + channels_last) | fp16 (CUDA AMP)
     seed: int = 0
     num_workers: int = 1

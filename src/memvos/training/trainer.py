@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from memvos.inference.aggregation import soft_aggregate
+from memvos.inference.session import cpu_supports_bf16
 from memvos.memory.read import MemoryReader
 from memvos.models.base import QueryEncoding
 from memvos.models.lite import LiteMemoryNetwork
@@ -155,7 +156,7 @@ class Trainer:
         self.progress = progress and self.rank == 0
         precision = cfg.precision
         if precision == "auto":
-            precision = "fp16" if self.device.type == "cuda" else "fp32"
+            precision = "fp16" if self.device.type == "cuda" else ("bf16" if cpu_supports_bf16() else "fp32")
         self.precision = precision
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
