@@ -39,10 +39,25 @@ def _write_dataset(root: Path, sequences: int = 2, frames: int = 6) -> Path:
 
 def _config(root: Path, **kw) -> TrainConfig:
     base = dict(
-        davis_roots=[str(root)], val_root=None, val_sequences=[], pretrained_backbone=False,
-        static_photos=False, static_prob=0.5, paste_prob=0.5, crop_size=48, scale_range=(1.0, 1.2),
-        batch_size=2, iterations=4, warmup_iters=1, num_workers=0, precision="fp32", log_every=1,
-        checkpoint_minutes=1000.0, bootstrap_start=2, bootstrap_ratio=0.5, freeze_backbone_stride=4,
+        davis_roots=[str(root)],
+        val_root=None,
+        val_sequences=[],
+        pretrained_backbone=False,
+        static_photos=False,
+        static_prob=0.5,
+        paste_prob=0.5,
+        crop_size=48,
+        scale_range=(1.0, 1.2),
+        batch_size=2,
+        iterations=4,
+        warmup_iters=1,
+        num_workers=0,
+        precision="fp32",
+        log_every=1,
+        checkpoint_minutes=1000.0,
+        bootstrap_start=2,
+        bootstrap_ratio=0.5,
+        freeze_backbone_stride=4,
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -145,9 +160,28 @@ def test_ddp_two_process_cpu_run(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-         "-m", "memvos", "train", "--config", str(cfg_path), "--out", str(out), "--quiet", "--no-val"],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "memvos",
+            "train",
+            "--config",
+            str(cfg_path),
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-val",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

@@ -1,4 +1,5 @@
-from memvos.cli import main
 import sys
+
+from memvos.cli import main
 
 sys.exit(main())

@@ -17,23 +17,48 @@ logger = logging.getLogger(__name__)
 def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     """Model and memory options shared by every command that segments (segment, run-dataset, bench)."""
     g = parser.add_argument_group("model and memory")
-    g.add_argument("--model", default=DEFAULT_MODEL, help=f"model name: {', '.join(sorted(MODELS))} "
-                   f"(default {DEFAULT_MODEL})")
+    g.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model name: {', '.join(sorted(MODELS))} (default {DEFAULT_MODEL})",
+    )
     g.add_argument("--weights", type=Path, help="weights file (default: the weights shipped with the model)")
-    g.add_argument("--memory-read", choices=["stm", "kmn"], default="stm",
-                   help="stm: softmax over all memory; kmn: Gaussian-kernelized read (default stm)")
-    g.add_argument("--kmn-sigma", type=float, default=7.0, help="KMN kernel width in feature cells (default 7)")
+    g.add_argument(
+        "--memory-read",
+        choices=["stm", "kmn"],
+        default="stm",
+        help="stm: softmax over all memory; kmn: Gaussian-kernelized read (default stm)",
+    )
+    g.add_argument(
+        "--kmn-sigma", type=float, default=7.0, help="KMN kernel width in feature cells (default 7)"
+    )
     g.add_argument("--top-k", type=int, default=None, help="read only the top-k memory positions per pixel")
-    g.add_argument("--mem-every", type=int, default=None,
-                   help="memorise every N-th frame permanently (default: the model's, 5)")
-    g.add_argument("--max-memory-frames", type=int, default=None,
-                   help="memory capacity in frames; oldest periodic entries are evicted (0 = unbounded; "
-                        "default: the model's)")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="fp32 = exact and deterministic; bf16 = fast on CPUs with AMX (default auto)")
+    g.add_argument(
+        "--mem-every",
+        type=int,
+        default=None,
+        help="memorise every N-th frame permanently (default: the model's, 5)",
+    )
+    g.add_argument(
+        "--max-memory-frames",
+        type=int,
+        default=None,
+        help="memory capacity in frames; oldest periodic entries are evicted (0 = unbounded; "
+        "default: the model's)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="fp32 = exact and deterministic; bf16 = fast on CPUs with AMX (default auto)",
+    )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    g.add_argument("--size", type=int, default=None,
-                   help="process at this shorter side in pixels (masks are upsampled back; default original)")
+    g.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="process at this shorter side in pixels (masks are upsampled back; default original)",
+    )
 
 
 def session_from_args(args: argparse.Namespace):
@@ -70,7 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and 0/255 grayscale (-> id 1) are accepted. Writes DIR/<frame>.png for every frame.",
     )
     p.add_argument("source", type=Path, help="folder of frames or video file")
-    p.add_argument("--mask", type=Path, required=True, help="mask PNG for the first frame, or folder of masks")
+    p.add_argument(
+        "--mask", type=Path, required=True, help="mask PNG for the first frame, or folder of masks"
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder for palette PNG masks")
     p.add_argument("--overlay", type=Path, help="also write an overlay video (mp4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -92,8 +119,17 @@ def run(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create output folder {args.out}: {exc.strerror}") from None
-    logger.info("%s: %d frames %dx%d, model %s (%s, %s), masks on %d frame(s)", args.source, len(frames),
-                frames.width, frames.height, args.model, session.precision, session.device, len(masks))
+    logger.info(
+        "%s: %d frames %dx%d, model %s (%s, %s), masks on %d frame(s)",
+        args.source,
+        len(frames),
+        frames.width,
+        frames.height,
+        args.model,
+        session.precision,
+        session.device,
+        len(masks),
+    )
     times = StageTimes()
     start = time.perf_counter()
     progress = not args.quiet
@@ -103,12 +139,24 @@ def run(args: argparse.Namespace) -> int:
         if args.overlay:
             overlay = stack.enter_context(OverlayWriter(args.overlay, fps=frames.fps))
         for stem, rgb, result in propagate_video(session, frames, masks, progress=progress, times=times):
+            too_big = [i for i in result.object_ids if i > 255]
+            if too_big:  # checked here, on the first frame that has them, rather than by the writer thread
+                raise InputError(
+                    f"object id {too_big[0]} in the masks {args.mask} does not fit in the "
+                    "output palette PNGs (ids 1-255); renumber the objects"
+                )
             t0 = time.perf_counter()
             writer.submit(stem, result.labels)
             if overlay is not None:
                 overlay.write(rgb, result.labels)
             times.write += time.perf_counter() - t0
     elapsed = time.perf_counter() - start
-    logger.info("wrote %d masks to %s in %.1f s (%.1f fps)%s", times.frames, args.out, elapsed,
-                times.frames / max(elapsed, 1e-9), f", overlay {args.overlay}" if args.overlay else "")
+    logger.info(
+        "wrote %d masks to %s in %.1f s (%.1f fps)%s",
+        times.frames,
+        args.out,
+        elapsed,
+        times.frames / max(elapsed, 1e-9),
+        f", overlay {args.overlay}" if args.overlay else "",
+    )
     return 0

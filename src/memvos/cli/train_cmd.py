@@ -17,10 +17,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train memvos-lite. Re-running with the same --out resumes from its checkpoint. Launch "
         "with `torchrun --nproc_per_node N -m memvos train ...` for data-parallel training.",
     )
-    p.add_argument("--config", type=Path, help="JSON config (see configs/); keys of memvos.training.TrainConfig")
+    p.add_argument(
+        "--config", type=Path, help="JSON config (see configs/); keys of memvos.training.TrainConfig"
+    )
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pth, log.jsonl, last.pth")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (JSON value), repeatable")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (JSON value), repeatable",
+    )
     p.add_argument("--iterations", type=int, help="stop after this many iterations in total")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-val", action="store_true", help="skip validation on the held-out sequences")
@@ -38,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, args.out, device=args.device, progress=not args.quiet)
     validate = None
     if not args.no_val and cfg.val_root and cfg.val_sequences:
-        validate = davis_validator(cfg.val_root, cfg.val_sequences, args.out / "val_predictions",
-                                   device=str(trainer.device))
+        validate = davis_validator(
+            cfg.val_root, cfg.val_sequences, args.out / "val_predictions", device=str(trainer.device)
+        )
     try:
         trainer.train(args.iterations, validate=validate)
     finally:

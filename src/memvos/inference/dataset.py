@@ -36,7 +36,7 @@ class Shard:
 
     @classmethod
     def parse(cls, text: str | None) -> Shard:
-        """"i/n" (0-based i), or None: from torchrun's RANK / WORLD_SIZE if set, else the whole dataset."""
+        """ "i/n" (0-based i), or None: from torchrun's RANK / WORLD_SIZE if set, else the whole dataset."""
         if text is None:
             return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
         try:
@@ -58,7 +58,9 @@ def list_sequences(root: Path) -> list[str]:
     return sorted((p.name for p in img.iterdir() if p.is_dir()), key=natural_key)
 
 
-def first_appearance_masks(ann_dir: Path, frame_names: list[str], size: tuple[int, int]) -> dict[str, np.ndarray]:
+def first_appearance_masks(
+    ann_dir: Path, frame_names: list[str], size: tuple[int, int]
+) -> dict[str, np.ndarray]:
     """For each frame where new objects appear: a mask holding only those objects (others set to 0)."""
     seen: set[int] = set()
     out: dict[str, np.ndarray] = {}
@@ -106,15 +108,18 @@ def run_dataset(
             done.append(seq)
             continue
         frames = open_frames(root / "JPEGImages" / seq)
-        masks = first_appearance_masks(root / "Annotations" / seq, frames.names, (frames.height, frames.width))
+        masks = first_appearance_masks(
+            root / "Annotations" / seq, frames.names, (frames.height, frames.width)
+        )
         if not masks:
             logger.warning("[%d/%d] %s: no annotated object, skipped", i + 1, len(mine), seq)
             continue
         session = make_session()
         seq_out.mkdir(parents=True, exist_ok=True)
         with MaskWriter(seq_out) as writer:
-            for stem, _, result in propagate_video(session, frames, masks, progress=progress,
-                                                   desc=f"[{i + 1}/{len(mine)}] {seq}"):
+            for stem, _, result in propagate_video(
+                session, frames, masks, progress=progress, desc=f"[{i + 1}/{len(mine)}] {seq}"
+            ):
                 writer.submit(stem, result.labels)
         (seq_out / DONE_MARKER).write_text("")
         done.append(seq)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -24,11 +24,14 @@ from torch import Tensor
 from memvos.errors import InputError
 from memvos.inference.aggregation import soft_aggregate
 from memvos.inference.objects import ObjectManager
-from memvos.inference.padding import Pad, pad_to_multiple, unpad
+from memvos.inference.padding import pad_to_multiple, unpad
 from memvos.memory.bank import MemoryBank, MemoryEntry
 from memvos.memory.policy import EntryKind, MemoryPolicy
 from memvos.memory.read import MemoryReader, ReadKind
 from memvos.models.base import MemoryNetwork, QueryEncoding
+
+if TYPE_CHECKING:
+    from memvos.benchmark import StageTimer
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +40,11 @@ _DEFAULT = object()
 #: Objects whose given-mask "others" channel is built exactly as the STM reference (sum of slices);
 #: above this the cheaper total-minus-own form is used (equal up to float rounding).
 _EXACT_OTHERS_MAX_OBJECTS = 16
+_NO_TIMER = contextlib.nullcontext()  # reusable no-op stage context when no timer is attached
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda if available else cpu; "cuda" without a GPU is an error."""
+    """ "auto" -> cuda if available else cpu; "cuda" without a GPU is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -57,7 +61,7 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> str:
-    """"auto" -> fp16 on CUDA, bf16 on CPUs with native bf16, else fp32."""
+    """ "auto" -> fp16 on CUDA, bf16 on CPUs with native bf16, else fp32."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -109,6 +113,9 @@ class InferenceSession:
         device: "cpu", "cuda", "cuda:N" or "auto".
         size: process frames resized so that their shorter side is ``size`` pixels (None: original size).
             Probabilities are upsampled back (bilinear) before the argmax.
+        timer: optional :class:`memvos.benchmark.StageTimer` that records the time spent in the "encode",
+            "memory_read", "decode_head" and "memorise" stages (None: no timing, no overhead). Also
+            settable later as ``session.timer``.
     """
 
     def __init__(
@@ -123,6 +130,7 @@ class InferenceSession:
         precision: Precision = "auto",
         device: str = "cpu",
         size: int | None = None,
+        timer: StageTimer | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -131,14 +139,19 @@ class InferenceSession:
         self.model = model.to(self.device).eval()
         if self.precision != "fp32":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.reader = MemoryReader(kind=memory_read, sigma=kmn_sigma, top_k=top_k, similarity=model.similarity)
+        self.reader = MemoryReader(
+            kind=memory_read, sigma=kmn_sigma, top_k=top_k, similarity=model.similarity
+        )
         policy = MemoryPolicy(
             mem_every=model.default_mem_every if mem_every is None else mem_every,
-            max_frames=model.default_max_memory_frames if max_memory_frames is _DEFAULT else max_memory_frames,
+            max_frames=model.default_max_memory_frames
+            if max_memory_frames is _DEFAULT
+            else max_memory_frames,
         )
         self.memory = MemoryBank(policy, shared_key=model.shared_key)
         self.objects = ObjectManager()
         self.size = size
+        self.timer = timer
         self.index = 0
         self._first_annotated: int | None = None
         self._pending: _Pending | None = None
@@ -162,9 +175,11 @@ class InferenceSession:
         self._pending = None
         self._frame_hw = None
 
+    @torch.inference_mode()
     def remove_object(self, object_id: int) -> None:
         """Stop tracking an object and drop it from memory."""
-        self._flush_pending()
+        with self._autocast():
+            self._flush_pending()
         self.objects.remove(object_id)
         self.memory.remove_object(object_id)
 
@@ -188,12 +203,17 @@ class InferenceSession:
         if self._frame_hw is None:
             self._frame_hw = (h, w)
         elif self._frame_hw != (h, w):
-            raise InputError(f"frame {self.index} is {w}x{h} but earlier frames are {self._frame_hw[1]}x{self._frame_hw[0]}")
+            raise InputError(
+                f"frame {self.index} is {w}x{h} but earlier frames are "
+                f"{self._frame_hw[1]}x{self._frame_hw[0]}"
+            )
         given_ids: list[int] = []
         if mask is not None:
             mask = np.asarray(mask)
             if mask.shape != (h, w):
-                raise InputError(f"mask for frame {self.index} is {mask.shape[1]}x{mask.shape[0]}, frame is {w}x{h}")
+                raise InputError(
+                    f"mask for frame {self.index} is {mask.shape[1]}x{mask.shape[0]}, frame is {w}x{h}"
+                )
             present = [int(v) for v in np.unique(mask) if v != 0]
             given_ids = present if objects is None else sorted({int(o) for o in objects})
             stray = set(present) - set(given_ids)
@@ -210,9 +230,12 @@ class InferenceSession:
             query = None
             predicted = None
             if to_predict:
-                query = self.model.encode_query(padded)
-                readout = self.memory.read(self.reader, query.key, to_predict)
-                predicted = unpad(self.model.decode(query, readout).float(), pad)  # (n, h', w')
+                with self._time("encode"):
+                    query = self.model.encode_query(padded)
+                with self._time("memory_read"):
+                    readout = self.memory.read(self.reader, query.key, to_predict)
+                with self._time("decode_head"):
+                    predicted = unpad(self.model.decode(query, readout).float(), pad)  # (n, h', w')
 
         new_ids = [o for o in given_ids if o not in self.objects and (mask == o).any()]
         self.objects.add(new_ids)
@@ -225,7 +248,7 @@ class InferenceSession:
             background = agg[0:1]
             for row, oid in enumerate(to_predict):
                 obj_probs[ids.index(oid)] = agg[row + 1]
-        annotated = mask is not None and bool(given_ids)
+        annotated = mask is not None and bool(given_ids) and bool(ids)
         if annotated:
             given = torch.from_numpy(mask.astype(np.int64)).to(self.device)
             given_onehot = torch.stack([given == o for o in ids]).float()  # (N, H, W)
@@ -261,6 +284,10 @@ class InferenceSession:
             yield self.step(frame, masks.get(self.index))
 
     # ------------------------------------------------------------------ internals
+    def _time(self, stage: str) -> contextlib.AbstractContextManager:
+        """Context timing ``stage`` with the attached timer; a shared no-op without one."""
+        return _NO_TIMER if self.timer is None else self.timer.stage(stage)
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
             return contextlib.nullcontext()
@@ -275,7 +302,9 @@ class InferenceSession:
         arr = np.asarray(image)
         if arr.ndim != 3 or arr.shape[2] != 3:
             raise InputError(f"frame {self.index} must be an (H, W, 3) RGB image, got shape {arr.shape}")
-        t = torch.from_numpy(arr if arr.flags.writeable and arr.flags.c_contiguous else arr.copy()).to(self.device)
+        t = torch.from_numpy(arr if arr.flags.writeable and arr.flags.c_contiguous else arr.copy()).to(
+            self.device
+        )
         return t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
     def _processing_hw(self, h: int, w: int) -> tuple[int, int]:
@@ -322,9 +351,10 @@ class InferenceSession:
         if p is None:
             return
         self._pending = None
-        masks, _ = pad_to_multiple(p.probs, self.model.stride)
-        others = _others(masks)
-        key, value = self.model.encode_memory(p.image, p.query, masks, others)
+        with self._time("memorise"):
+            masks, _ = pad_to_multiple(p.probs, self.model.stride)
+            others = _others(masks)
+            key, value = self.model.encode_memory(p.image, p.query, masks, others)
         self.memory.add(MemoryEntry(p.index, p.kind, key, value, p.object_ids))
 
 
@@ -334,7 +364,8 @@ def _others(masks: Tensor) -> Tensor:
     if n <= _EXACT_OTHERS_MAX_OBJECTS:
         zero = torch.zeros_like(masks[0])
         rows = [
-            (torch.sum(masks[:o], dim=0) if o > 0 else zero) + (torch.sum(masks[o + 1 :], dim=0) if o + 1 < n else zero)
+            (torch.sum(masks[:o], dim=0) if o > 0 else zero)
+            + (torch.sum(masks[o + 1 :], dim=0) if o + 1 < n else zero)
             for o in range(n)
         ]
         return torch.stack(rows).clamp(0, 1)

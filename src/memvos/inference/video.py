@@ -65,8 +65,10 @@ def propagate_video(
                 given = masks[stem]
                 mask = read_mask(given, size) if isinstance(given, Path | str) else np.asarray(given)
                 if stem == first and not (mask > 0).any():
-                    raise InputError(f"the first mask ({given if isinstance(given, Path | str) else stem}) is empty: "
-                                     "it holds no object")
+                    raise InputError(
+                        f"the first mask ({given if isinstance(given, Path | str) else stem}) is empty: "
+                        "it holds no object"
+                    )
             result = session.step(rgb, mask)
             t2 = time.perf_counter()
             times.decode += t1 - t0

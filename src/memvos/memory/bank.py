@@ -55,9 +55,11 @@ class MemoryBank:
         return [e.frame_index for e in self.entries]
 
     def add(self, entry: MemoryEntry) -> None:
-        """Insert an entry: drops the previous TEMPORARY entry and any entry of the same frame, then evicts."""
+        """Insert an entry: drop the previous TEMPORARY entry and any entry of the same frame, then evict."""
         self.entries = [
-            e for e in self.entries if e.kind is not EntryKind.TEMPORARY and e.frame_index != entry.frame_index
+            e
+            for e in self.entries
+            if e.kind is not EntryKind.TEMPORARY and e.frame_index != entry.frame_index
         ]
         self.entries.append(entry)
         self._evict()

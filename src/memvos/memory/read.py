@@ -28,14 +28,15 @@ def affinity(mem_key: Tensor, query_key: Tensor, similarity: str = "dot") -> Ten
     Returns:
         (B, M, Q).
     """
-    scale = 1.0 / math.sqrt(mem_key.shape[1])
+    # Divided by sqrt(Ck) (not multiplied by its inverse) so that float32 results equal the STM reference's.
+    norm = math.sqrt(mem_key.shape[1])
     aff = torch.bmm(mem_key.transpose(1, 2), query_key)
     if similarity == "dot":
-        return aff * scale
+        return aff / norm
     if similarity == "l2":
         m_sq = mem_key.pow(2).sum(1).unsqueeze(2)  # (B, M, 1)
         q_sq = query_key.pow(2).sum(1).unsqueeze(1)  # (B, 1, Q)
-        return (2 * aff - m_sq - q_sq) * scale
+        return (2 * aff - m_sq - q_sq) / norm
     raise ValueError(f"unknown similarity {similarity!r}")
 
 
@@ -144,7 +145,9 @@ class MemoryReader:
             best_idx = torch.where(better, idx + sl.start, best_idx)
         return best_idx
 
-    def __call__(self, mem_key: Tensor, mem_value: Tensor, query_key: Tensor, query_hw: tuple[int, int]) -> Tensor:
+    def __call__(
+        self, mem_key: Tensor, mem_value: Tensor, query_key: Tensor, query_hw: tuple[int, int]
+    ) -> Tensor:
         """Read the memory.
 
         Args:

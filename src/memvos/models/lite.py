@@ -81,7 +81,9 @@ class LiteDecoder(nn.Module):
         """x (B*O, indim, h, w) -> logits (B*O, 1, 16h, 16w)."""
         s8, s4 = (t.repeat_interleave(objects_per_image, dim=0) for t in skips)
         m16 = self.ResMM(self.convFM(x))
-        m8 = self.Res8(s8 + F.interpolate(self.up8(m16), scale_factor=2, mode="bilinear", align_corners=False))
+        m8 = self.Res8(
+            s8 + F.interpolate(self.up8(m16), scale_factor=2, mode="bilinear", align_corners=False)
+        )
         m4 = self.Res4(s4 + F.interpolate(self.up4(m8), scale_factor=2, mode="bilinear", align_corners=False))
         logit = self.pred(F.relu(m4))
         return F.interpolate(logit, scale_factor=4, mode="bilinear", align_corners=False)
@@ -98,7 +100,9 @@ class LiteMemoryNetwork(MemoryNetwork):
 
     def __init__(self, variant: str = "lite0", pretrained_backbone: bool = True):
         super().__init__()
-        self.backbone = efficientnet_lite(variant, pretrained=pretrained_backbone, num_classes=None, max_stride=16)
+        self.backbone = efficientnet_lite(
+            variant, pretrained=pretrained_backbone, num_classes=None, max_stride=16
+        )
         ch = self.backbone.stage_channels
         f4, f8, f16 = ch[4], ch[8], ch[16]
         self.key_proj = _conv(f16, KEY_DIM)

@@ -41,8 +41,12 @@ def _build_lite() -> MemoryNetwork:
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("memvos-lite", _build_lite, "default: EfficientNet-Lite0 shared key encoder, trained here",
-                  "memvos-lite.pth"),
+        ModelSpec(
+            "memvos-lite",
+            _build_lite,
+            "default: EfficientNet-Lite0 shared key encoder, trained here",
+            "memvos-lite.pth",
+        ),
         ModelSpec("stm-r50", _build_stm, "STM with ResNet-50, official layout (bring STM_weights.pth)"),
     )
 }

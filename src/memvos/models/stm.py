@@ -49,7 +49,11 @@ class _Encoder(nn.Module):
         """image (B,3,H,W) in [0,1]; mask/others (B,H,W). Returns r4 (/16), r3 (/8), r2 (/4)."""
         x = self.conv1((image - self.mean) / self.std)
         if mask is not None:
-            x = x + self.conv1_m(mask.unsqueeze(1).to(x.dtype)) + self.conv1_o(others.unsqueeze(1).to(x.dtype))
+            x = (
+                x
+                + self.conv1_m(mask.unsqueeze(1).to(x.dtype))
+                + self.conv1_o(others.unsqueeze(1).to(x.dtype))
+            )
         x = self.maxpool(self.relu(self.bn1(x)))
         r2 = self.res2(x)
         r3 = self.res3(r2)

@@ -28,7 +28,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from None
+        # torch's messages span many lines (and advise weights_only=False): keep a one-line gist
+        lines = str(exc).strip().splitlines()
+        detail = lines[0] if lines else ""
+        if detail.startswith("Weights only load failed"):
+            detail = "not a PyTorch state dict of tensors"
+        raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: {detail}") from None
     for key in _WRAPPER_KEYS:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

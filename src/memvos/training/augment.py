@@ -65,7 +65,7 @@ def tps_grid(rng: np.random.Generator, height: int, width: int, max_offset: floa
 
 
 def warp(image: Tensor, masks: Tensor, grid: Tensor) -> tuple[Tensor, Tensor]:
-    """Resample image (3, H, W) bilinearly and masks (O, H, W) with nearest through ``grid`` (1, H', W', 2)."""
+    """Resample image (3, H, W) bilinearly, masks (O, H, W) nearest, through ``grid`` (1, H', W', 2)."""
     img = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
     if masks.shape[0] == 0:
         return img, masks.new_zeros((0, *grid.shape[1:3]))
@@ -83,8 +83,9 @@ def random_deform(
     if tps:
         t = tps_grid(rng, h, w)
         # compose: output -> tps -> affine -> input
-        grid = F.grid_sample(grid.permute(0, 3, 1, 2), t, mode="bilinear", padding_mode="border",
-                             align_corners=False).permute(0, 2, 3, 1)
+        grid = F.grid_sample(
+            grid.permute(0, 3, 1, 2), t, mode="bilinear", padding_mode="border", align_corners=False
+        ).permute(0, 2, 3, 1)
     return warp(image, masks, grid)
 
 
@@ -102,7 +103,11 @@ def hide_and_seek(rng: np.random.Generator, image: Tensor, grid: int = 8, prob: 
 
 
 def color_jitter(
-    rng: np.random.Generator, image: Tensor, brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2,
+    rng: np.random.Generator,
+    image: Tensor,
+    brightness: float = 0.2,
+    contrast: float = 0.2,
+    saturation: float = 0.2,
     hue: float = 0.03,
 ) -> Tensor:
     """Random brightness, contrast, saturation and (approximate, channel-rotation) hue shift."""
@@ -154,5 +159,9 @@ def resize_min_side(image: Tensor, masks: Tensor, min_side: int) -> tuple[Tensor
     if size == (h, w):
         return image, masks
     img = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-    m = F.interpolate(masks[None], size=size, mode="nearest")[0] if masks.shape[0] else masks.new_zeros((0, *size))
+    m = (
+        F.interpolate(masks[None], size=size, mode="nearest")[0]
+        if masks.shape[0]
+        else masks.new_zeros((0, *size))
+    )
     return img, m

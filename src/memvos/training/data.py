@@ -29,8 +29,21 @@ logger = logging.getLogger(__name__)
 FRAMES_PER_SAMPLE = 3
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 #: scikit-image photos bundled with the package (no download), used as static-training backgrounds.
-SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "brick", "grass", "gravel", "camera",
-                  "hubble_deep_field", "immunohistochemistry", "retina", "cat", "coins")
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "brick",
+    "grass",
+    "gravel",
+    "camera",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "cat",
+    "coins",
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +65,10 @@ def index_davis(root: str | Path, exclude: set[str] = frozenset()) -> list[Seque
     for seq_dir in sorted(p for p in img_root.iterdir() if p.is_dir()):
         if seq_dir.name in exclude:
             continue
-        frames = sorted((p for p in seq_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES),
-                        key=lambda p: natural_key(p.name))
+        frames = sorted(
+            (p for p in seq_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES),
+            key=lambda p: natural_key(p.name),
+        )
         masks = [ann_root / seq_dir.name / f"{p.stem}.png" for p in frames]
         if len(frames) >= FRAMES_PER_SAMPLE and all(m.is_file() for m in masks):
             out.append(Sequence(seq_dir.name, tuple(frames), tuple(masks)))
@@ -125,8 +140,12 @@ class ClipSampler:
                 frames, masks = self._static(rng)
             else:
                 frames, masks = self._video(rng, iteration)
-            if masks.shape[0] and self.cfg.paste_prob > 0 and masks.shape[0] < self.cfg.max_objects \
-                    and rng.random() < self.cfg.paste_prob:
+            if (
+                masks.shape[0]
+                and self.cfg.paste_prob > 0
+                and masks.shape[0] < self.cfg.max_objects
+                and rng.random() < self.cfg.paste_prob
+            ):
                 frames, masks = self._paste(rng, frames, masks, iteration)
             present = masks[0].flatten(1).sum(1) >= 16  # objects must be visible on the first frame
             masks = masks[:, present]
@@ -157,8 +176,14 @@ class ClipSampler:
         if len(present) > self.cfg.max_objects:
             present = sorted(rng.choice(present, self.cfg.max_objects, replace=False).tolist())
         frames = torch.stack([load_frame(seq.frames[i]) for i in idx])
-        masks = torch.stack([torch.stack([torch.from_numpy(m == o) for o in present]).float()
-                             if present else torch.zeros((0, *m.shape)) for m in ids])
+        masks = torch.stack(
+            [
+                torch.stack([torch.from_numpy(m == o) for o in present]).float()
+                if present
+                else torch.zeros((0, *m.shape))
+                for m in ids
+            ]
+        )
         return self._crop_clip(rng, frames, masks)
 
     def _crop_clip(self, rng: np.random.Generator, frames: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
@@ -179,8 +204,9 @@ class ClipSampler:
             f, m = f[:, y : y + s, x : x + s], m[:, y : y + s, x : x + s]
             if flip:
                 f, m = f.flip(-1), m.flip(-1)
-            theta = augment.random_affine_matrix(rng, max_rotate=5, max_shear=3, scale=(0.95, 1.05),
-                                                 max_translate=0.03)
+            theta = augment.random_affine_matrix(
+                rng, max_rotate=5, max_shear=3, scale=(0.95, 1.05), max_translate=0.03
+            )
             grid = torch.nn.functional.affine_grid(theta[None], [1, 1, s, s], align_corners=False)
             f, m = augment.warp(f, m, grid)
             res_f.append(augment.color_jitter(rng, f, 0.1, 0.1, 0.1, 0.01))
@@ -206,7 +232,9 @@ class ClipSampler:
         if self.photos and rng.random() < 0.5:
             # a photo with 1..max_objects objects cut from DAVIS frames pasted on it
             photo = self.photos[int(rng.integers(len(self.photos)))]
-            image, _ = augment.resize_min_side(photo, photo.new_zeros((0, 1, 1)), int(s * rng.uniform(1.0, 1.5)))
+            image, _ = augment.resize_min_side(
+                photo, photo.new_zeros((0, 1, 1)), int(s * rng.uniform(1.0, 1.5))
+            )
             h, w = image.shape[-2:]
             y, x = augment.random_crop_box(rng, h, w, s)
             image = image[:, y : y + s, x : x + s].clone()
@@ -231,7 +259,9 @@ class ClipSampler:
             out_masks.append(m)
         return torch.stack(frames), torch.stack(out_masks)
 
-    def _fit_object(self, rng: np.random.Generator, image: Tensor, mask: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    def _fit_object(
+        self, rng: np.random.Generator, image: Tensor, mask: Tensor, size: int
+    ) -> tuple[Tensor, Tensor]:
         """Scale an object to 15-60% of the canvas and place it at random: (3, S, S), (S, S)."""
         ys, xs = torch.nonzero(mask, as_tuple=True)
         y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
@@ -239,7 +269,9 @@ class ClipSampler:
         scale = size * rng.uniform(0.15, 0.6) / max(img.shape[-2:])
         hh, ww = max(4, int(img.shape[-2] * scale)), max(4, int(img.shape[-1] * scale))
         hh, ww = min(hh, size), min(ww, size)
-        img = torch.nn.functional.interpolate(img[None], size=(hh, ww), mode="bilinear", align_corners=False)[0]
+        img = torch.nn.functional.interpolate(img[None], size=(hh, ww), mode="bilinear", align_corners=False)[
+            0
+        ]
         m = torch.nn.functional.interpolate(m[None, None], size=(hh, ww), mode="nearest")[0, 0]
         canvas, cmask = torch.zeros((3, size, size)), torch.zeros((size, size))
         y, x = int(rng.integers(0, size - hh + 1)), int(rng.integers(0, size - ww + 1))
@@ -248,7 +280,9 @@ class ClipSampler:
         return canvas, cmask
 
     # ------------------------------------------------------------------ multi-object by pasting
-    def _paste(self, rng: np.random.Generator, frames: Tensor, masks: Tensor, iteration: int) -> tuple[Tensor, Tensor]:
+    def _paste(
+        self, rng: np.random.Generator, frames: Tensor, masks: Tensor, iteration: int
+    ) -> tuple[Tensor, Tensor]:
         """Paste one object of another clip (its 3 frames) in front of this clip's objects."""
         other_f, other_m = self._video(rng, iteration)
         if other_m.shape[1] == 0:

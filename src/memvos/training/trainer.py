@@ -106,7 +106,11 @@ class ClipLoss(nn.Module):
 
 # ---------------------------------------------------------------------------- distributed helpers
 def _dist_env() -> tuple[int, int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
 def _setup_distributed(device: torch.device) -> tuple[int, int]:
@@ -234,7 +238,10 @@ class Trainer:
         """fp16 state dict for shipping (loadable with weights_only=True)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in self.model.state_dict().items()}
+        sd = {
+            k: (v.half() if v.is_floating_point() else v).contiguous()
+            for k, v in self.model.state_dict().items()
+        }
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save(sd, tmp)
         os.replace(tmp, path)
@@ -255,8 +262,12 @@ class Trainer:
         sampler = ClipSampler(cfg, seqs)
         stream = SampleStream(sampler, cfg.seed, self.rank, cfg.batch_size, self.iteration)
         return torch.utils.data.DataLoader(
-            stream, batch_size=None, num_workers=cfg.num_workers, collate_fn=collate,
-            persistent_workers=False, prefetch_factor=2 if cfg.num_workers else None,
+            stream,
+            batch_size=None,
+            num_workers=cfg.num_workers,
+            collate_fn=collate,
+            persistent_workers=False,
+            prefetch_factor=2 if cfg.num_workers else None,
         )
 
     def train(self, iterations: int | None = None, validate=None) -> None:
@@ -271,8 +282,14 @@ class Trainer:
         if self.iteration >= total:
             return
         last_ckpt = time.monotonic()
-        bar = tqdm(total=total, initial=self.iteration, desc="train", unit="it", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=self.iteration,
+            desc="train",
+            unit="it",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         t_start = time.monotonic()
         for it, batch in self._loader():
             assert it == self.iteration, (it, self.iteration)
@@ -294,9 +311,15 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", iou=f"{stats['iou']:.2f}")
             if self.iteration % cfg.log_every == 0 or self.iteration == total:
-                self._log({"iteration": self.iteration, **stats, "lr": self.optimizer.param_groups[1]["lr"],
-                           "max_gap": max_gap(cfg, it),
-                           "elapsed_s": round(time.monotonic() - t_start, 1)})
+                self._log(
+                    {
+                        "iteration": self.iteration,
+                        **stats,
+                        "lr": self.optimizer.param_groups[1]["lr"],
+                        "max_gap": max_gap(cfg, it),
+                        "elapsed_s": round(time.monotonic() - t_start, 1),
+                    }
+                )
             done = self.iteration >= total
             if validate is not None and self.rank == 0 and (self.iteration % cfg.val_every == 0 or done):
                 self.model.eval()

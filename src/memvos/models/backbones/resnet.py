@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 
 class Bottleneck(nn.Module):
-    """torchvision ``Bottleneck``: 1x1 -> 3x3 (stride) -> 1x1, expansion 4, projection shortcut when needed."""
+    """torchvision ``Bottleneck``: 1x1 -> 3x3 (stride) -> 1x1, expansion 4, projection shortcut if needed."""
 
     expansion = 4
 

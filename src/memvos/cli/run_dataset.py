@@ -1,0 +1,167 @@
+"""``memvos run-dataset ROOT --out DIR``: segment a whole DAVIS/YouTube-VOS dataset, then evaluate it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from memvos.cli.segment import add_session_arguments
+from memvos.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run-dataset",
+        help="segment every sequence of a DAVIS or YouTube-VOS dataset (resumable, sharded), then evaluate",
+        description="Segment ROOT/JPEGImages/<seq>/ into DIR/<seq>/<frame>.png. The model gets each "
+        "object's mask only on the frame where it first appears in ROOT/Annotations/<seq>/ (dense as in "
+        "DAVIS or sparse as in YouTube-VOS); later ground truth is never given. Finished sequences are "
+        "marked and skipped when the command is run again. --shard i/n (or torchrun's RANK/WORLD_SIZE) "
+        "splits the sequences between processes. When one process covers the run and the annotations are "
+        "dense, the results are evaluated (DAVIS J&F) and the official CSV files are written into DIR.",
+    )
+    p.add_argument("root", type=Path, metavar="ROOT", help="dataset folder with JPEGImages/ and Annotations/")
+    p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per sequence)")
+    p.add_argument("--sequences", nargs="+", metavar="SEQ", help="only these sequences (default: all)")
+    p.add_argument(
+        "--shard",
+        metavar="i/n",
+        help="process shard i of n (0-based; default: torchrun's RANK/WORLD_SIZE, else all)",
+    )
+    p.add_argument("--no-resume", action="store_true", help="segment finished sequences again")
+    p.add_argument("--no-eval", action="store_true", help="do not evaluate after segmenting")
+    p.add_argument(
+        "--year",
+        type=int,
+        choices=(2016, 2017),
+        default=2017,
+        help="evaluation protocol: 2017 per object (default), 2016 foreground merged",
+    )
+    p.add_argument(
+        "--set",
+        dest="set_name",
+        default="val",
+        metavar="NAME",
+        help="set name used in the CSV file names (default: val)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="evaluation processes (default: CPU count)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_session_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _frame_stems(folder: Path, suffixes: tuple[str, ...]) -> set[str]:
+    return {p.stem for p in folder.iterdir() if p.suffix.lower() in suffixes and not p.name.startswith(".")}
+
+
+def sparse_example(root: Path, sequences: list[str]) -> str | None:
+    """None if every frame of every sequence has a ground-truth PNG; else a description of the first gap."""
+    from memvos.io.frames import IMAGE_SUFFIXES
+
+    for seq in sequences:
+        frames = _frame_stems(root / "JPEGImages" / seq, IMAGE_SUFFIXES)
+        ann_dir = root / "Annotations" / seq
+        annotated = _frame_stems(ann_dir, (".png",)) if ann_dir.is_dir() else set()
+        if not frames <= annotated:
+            return f"{seq}: {len(frames & annotated)} of {len(frames)} frames annotated"
+    return None
+
+
+def _device_for_rank(device: str) -> str:
+    """Under torchrun, each local rank takes its own GPU when the device is auto/cuda."""
+    local = os.environ.get("LOCAL_RANK")
+    if local is None or device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return device
+    return f"cuda:{int(local) % torch.cuda.device_count()}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from memvos.cli.segment import session_from_args
+    from memvos.inference.dataset import Shard, list_sequences, run_dataset
+
+    root: Path = args.root
+    if not root.is_dir():
+        raise InputError(f"dataset folder not found: {root}")
+    all_seqs = list_sequences(root)
+    if not (root / "Annotations").is_dir():
+        raise InputError(f"{root} has no Annotations/ folder: the first mask of each object is needed")
+    shard = Shard.parse(args.shard)
+    args.device = _device_for_rank(args.device)
+    session = session_from_args(args)  # loaded once; each sequence starts from a reset session
+
+    def make_session():
+        session.reset()
+        return session
+
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {args.out}: {exc.strerror}") from None
+    logger.info(
+        "%s: %d sequences, model %s (%s, %s), shard %d/%d -> %s",
+        root,
+        len(all_seqs),
+        args.model,
+        session.precision,
+        session.device,
+        shard.index,
+        shard.count,
+        args.out,
+    )
+    start = time.perf_counter()
+    done = run_dataset(
+        make_session,
+        root,
+        args.out,
+        sequences=args.sequences,
+        shard=shard,
+        resume=not args.no_resume,
+        progress=not args.quiet,
+    )
+    logger.info("%d sequences finished in %s (%.0f s)", len(done), args.out, time.perf_counter() - start)
+    if args.no_eval or not done:
+        return 0
+    if shard.count > 1:
+        logger.info(
+            "shard %d/%d done; evaluate once all shards are: memvos eval %s --gt %s",
+            shard.index,
+            shard.count,
+            args.out,
+            root / "Annotations",
+        )
+        return 0
+    gap = sparse_example(root, done)
+    if gap is not None:
+        logger.info("not evaluated: the ground truth is sparse (%s)", gap)
+        return 0
+    _evaluate(args, root, done)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, root: Path, sequences: list[str]) -> None:
+    from memvos.evaluation import default_workers, evaluate, format_table, write_csvs
+
+    workers = args.workers if args.workers is not None else default_workers()
+    result = evaluate(
+        args.out,
+        root / "Annotations",
+        sequences=sequences,
+        year=args.year,
+        workers=max(1, workers),
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    print(format_table(result, args.set_name))
+    g_path, s_path = write_csvs(result, args.out, args.set_name)
+    logger.info("wrote %s and %s", g_path, s_path)
