@@ -405,3 +405,34 @@ def test_reference_restatement_is_sensitive_to_the_schedule(stm: STM, parity_cli
         r = session.step(frame, labels[0] if t == 0 else None)
         worst = max(worst, float((r.probs - reference_probs[t]).abs().max()))
     assert worst > 1e-3
+
+
+def test_fuse_for_inference_keeps_outputs() -> None:
+    """Folding the residual stages' BatchNorms (done by the session for bf16/fp16) changes no output."""
+    model = randomise_stm(3).eval()
+    fused = STM()
+    fused.load_state_dict(model.state_dict())
+    fused.fuse_for_inference_()
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert n_bn == 2  # only the two stems' bn1 (the mask convs add before it)
+    image = torch.rand(1, 3, 64, 96)
+    masks, others = torch.rand(2, 64, 96), torch.rand(2, 64, 96)
+    with torch.no_grad():
+        ref_q, out_q = model.encode_query(image), fused.encode_query(image)
+        ref_m, out_m = model.encode_memory(image, None, masks, others), fused.encode_memory(
+            image, None, masks, others
+        )
+    torch.testing.assert_close(out_q.key, ref_q.key, atol=1e-3, rtol=1e-3)
+    for name in ref_q.features:
+        torch.testing.assert_close(out_q.features[name], ref_q.features[name], atol=1e-3, rtol=1e-3)
+    for ref, out in zip(ref_m, out_m, strict=True):
+        torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-3)
+
+
+def test_fast_session_leaves_the_callers_model_untouched() -> None:
+    model = randomise_stm(4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    InferenceSession(model, precision="bf16", device="cpu")
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)

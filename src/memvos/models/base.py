@@ -42,6 +42,14 @@ class MemoryNetwork(nn.Module):
     default_mem_every: int = 5
     default_max_memory_frames: int | None = 50
 
+    def fuse_for_inference_(self) -> MemoryNetwork:
+        """Fold BatchNorms into convs, in place and irreversibly (eval only; the state dict changes).
+
+        Same outputs up to float rounding; the session applies it to a copy of the model for its fast
+        (non-fp32) precisions. Default: nothing to fuse.
+        """
+        return self.eval()
+
     def encode_query(self, image: Tensor) -> QueryEncoding:
         """image: (1, 3, Hp, Wp) RGB in [0, 1], already padded. Normalisation happens inside."""
         raise NotImplementedError

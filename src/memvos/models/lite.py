@@ -127,6 +127,11 @@ class LiteMemoryNetwork(MemoryNetwork):
                 n += p.numel()
         return n
 
+    def fuse_for_inference_(self) -> LiteMemoryNetwork:
+        self.eval()
+        self.backbone.fuse_bn_()
+        return self
+
     # -- batched building blocks (used by training and by the session API below)
     def encode_frames(self, images: Tensor) -> QueryEncoding:
         """images (B, 3, H, W) in [0, 1] -> key (B, Ck, h, w) and per-frame features."""

@@ -80,6 +80,15 @@ class STM(MemoryNetwork):
         #: Objects encoded / decoded per batch: bounds activation memory with many objects.
         self.object_batch = object_batch
 
+    def fuse_for_inference_(self) -> STM:
+        """Fold the residual stages' BatchNorms (``bn1`` of the stem stays: the mask convs add before it)."""
+        self.eval()
+        for enc in (self.Encoder_M, self.Encoder_Q):
+            for stage in (enc.res2, enc.res3, enc.res4):
+                for block in stage:
+                    block.fuse_bn_()
+        return self
+
     def encode_query(self, image: Tensor) -> QueryEncoding:
         r4, r3, r2 = self.Encoder_Q(image)
         key, value = self.KV_Q_r4(r4)

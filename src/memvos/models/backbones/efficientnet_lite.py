@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memvos.errors import WeightsError
+from memvos.models.modules import fuse_conv_bn_
 
 log = logging.getLogger(__name__)
 
@@ -136,17 +137,6 @@ class Conv2dSame(nn.Conv2d):
 
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
-
-
-@torch.no_grad()
-def fuse_conv_bn_(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    """Fold an eval-mode BatchNorm into the preceding ``conv`` in place (the conv gains a bias)."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-    bias = bn.bias - bn.running_mean * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
 
 
 def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:

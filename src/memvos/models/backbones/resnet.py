@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from memvos.models.modules import fuse_conv_bn_
+
 
 class Bottleneck(nn.Module):
     """torchvision ``Bottleneck``: 1x1 -> 3x3 (stride) -> 1x1, expansion 4, projection shortcut if needed."""
@@ -24,6 +26,17 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+
+    def fuse_bn_(self) -> None:
+        """Fold bn1..bn3 (and the shortcut's BN) into their convs, in place, for inference."""
+        for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
+            bn = getattr(self, bn_name)
+            if isinstance(bn, nn.BatchNorm2d):
+                fuse_conv_bn_(getattr(self, conv_name), bn)
+                setattr(self, bn_name, nn.Identity())
+        if self.downsample is not None and isinstance(self.downsample[1], nn.BatchNorm2d):
+            fuse_conv_bn_(self.downsample[0], self.downsample[1])
+            self.downsample[1] = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
