@@ -118,6 +118,39 @@ def test_stm_read_equals_naive_softmax_over_memory(similarity: str) -> None:
     np.testing.assert_allclose(got.double().numpy(), want, atol=ATOL)
 
 
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("kind", ["stm", "kmn"])
+@pytest.mark.parametrize("similarity", ["dot", "l2"])
+def test_exact_and_fast_layouts_equal_naive(exact: bool, kind: str, similarity: str) -> None:
+    """Both computation layouts (reference (B, M, Q) and query-major chunks) are the same read."""
+    hw = (3, 5)
+    mk, mv, qk = random_kv(2, 2, 8, 4, 3, hw, seed=4)
+    reader = MemoryReader(kind=kind, sigma=2.0, similarity=similarity, exact=exact, chunk_elements=100)
+    got = reader(mk, mv, qk, hw)
+    want = naive_read(mk, mv, qk, hw, kind, similarity, sigma=2.0)
+    np.testing.assert_allclose(got.double().numpy(), want, atol=ATOL)
+
+
+def test_fast_read_under_bf16_autocast_keeps_float32_affinity() -> None:
+    """bf16 keys/values under autocast: the affinity and softmax still run in float32 (l2 keys of norm
+    ~10 differ by less than bf16's resolution), so the read stays close to the float32 one."""
+    hw = (4, 6)
+    mk, mv, qk = random_kv(1, 2, 16, 8, 4, hw, seed=5)
+    mk, mv, qk = (t.mul(3).bfloat16() for t in (mk, mv, qk))
+    want = MemoryReader(similarity="l2")(mk.float(), mv.float(), qk.float(), hw)  # same rounded inputs
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = MemoryReader(similarity="l2")(mk, mv, qk, hw)
+    assert got.dtype == torch.bfloat16
+    # only the weights and the weighted sum are rounded to bf16 (~3 significant digits)
+    torch.testing.assert_close(got.float(), want, atol=0.03, rtol=0.02)
+    # a bf16 affinity would be far off: |k|^2 ~ 150, bf16 steps of 1 there
+    aff_bf16 = (2 * torch.bmm(mk.transpose(1, 2), qk) - mk.pow(2).sum(1)[..., None]).float() / 4.0
+    aff_fp32 = (
+        2 * torch.bmm(mk.float().transpose(1, 2), qk.float()) - mk.float().pow(2).sum(1)[..., None]
+    ) / 4
+    assert (aff_bf16 - aff_fp32).abs().max() > 0.1
+
+
 @pytest.mark.parametrize("kind", ["stm", "kmn"])
 @pytest.mark.parametrize("chunk", [1, 90, 300, 10**9])
 def test_chunked_read_equals_unchunked(kind: str, chunk: int) -> None:

@@ -419,8 +419,9 @@ def test_fuse_for_inference_keeps_outputs() -> None:
     masks, others = torch.rand(2, 64, 96), torch.rand(2, 64, 96)
     with torch.no_grad():
         ref_q, out_q = model.encode_query(image), fused.encode_query(image)
-        ref_m, out_m = model.encode_memory(image, None, masks, others), fused.encode_memory(
-            image, None, masks, others
+        ref_m, out_m = (
+            model.encode_memory(image, None, masks, others),
+            fused.encode_memory(image, None, masks, others),
         )
     torch.testing.assert_close(out_q.key, ref_q.key, atol=1e-3, rtol=1e-3)
     for name in ref_q.features:

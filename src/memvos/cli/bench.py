@@ -59,7 +59,6 @@ def _session(args: argparse.Namespace):
     import torch
 
     from memvos.cli.segment import session_from_args
-    from memvos.inference.session import InferenceSession
     from memvos.models.registry import MODELS, shipped_weights_path
 
     if not args.random_weights:
@@ -76,24 +75,8 @@ def _session(args: argparse.Namespace):
         raise InputError("--random-weights and --weights exclude each other")
     if args.model not in MODELS:
         raise InputError(f"unknown model {args.model!r}; available: {', '.join(sorted(MODELS))}")
-    if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
-        raise InputError(f"unknown device {args.device!r} (use auto, cpu, cuda or cuda:N)")
     torch.manual_seed(args.seed)
-    model = MODELS[args.model].build().eval()
-    kwargs = {}
-    if args.max_memory_frames is not None:
-        kwargs["max_memory_frames"] = None if args.max_memory_frames == 0 else args.max_memory_frames
-    return InferenceSession(
-        model,
-        memory_read=args.memory_read,
-        kmn_sigma=args.kmn_sigma,
-        top_k=args.top_k,
-        mem_every=args.mem_every,
-        precision=args.precision,
-        device=args.device,
-        size=args.size,
-        **kwargs,
-    )
+    return session_from_args(args, model=MODELS[args.model].build().eval())
 
 
 def _count_objects(masks: dict) -> int | None:

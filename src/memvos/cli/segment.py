@@ -57,21 +57,28 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
         "--size",
         type=int,
         default=None,
-        help="process at this shorter side in pixels (masks are upsampled back; default original)",
+        help="process at this shorter side in pixels, masks upsampled back to the original size "
+        "(0 = original size; default: the model's, see README)",
     )
 
 
-def session_from_args(args: argparse.Namespace):
-    """Build an :class:`InferenceSession` from :func:`add_session_arguments` options."""
+def session_from_args(args: argparse.Namespace, model=None):
+    """Build an :class:`InferenceSession` from :func:`add_session_arguments` options.
+
+    ``model``: use this model instead of loading ``args.model`` with ``args.weights``.
+    """
     from memvos.inference.session import InferenceSession
     from memvos.models.registry import load_model
 
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
         raise InputError(f"unknown device {args.device!r} (use auto, cpu, cuda or cuda:N)")
-    model = load_model(args.model, args.weights)
+    if model is None:
+        model = load_model(args.model, args.weights)
     kwargs = {}
     if args.max_memory_frames is not None:
         kwargs["max_memory_frames"] = None if args.max_memory_frames == 0 else args.max_memory_frames
+    if args.size is not None:
+        kwargs["size"] = args.size or None
     return InferenceSession(
         model,
         memory_read=args.memory_read,
@@ -80,7 +87,6 @@ def session_from_args(args: argparse.Namespace):
         mem_every=args.mem_every,
         precision=args.precision,
         device=args.device,
-        size=args.size,
         **kwargs,
     )
 

@@ -112,8 +112,9 @@ class InferenceSession:
         precision: "fp32" (exact, deterministic), "bf16" (autocast + channels_last; fast on AMX CPUs),
             "fp16" (CUDA autocast) or "auto".
         device: "cpu", "cuda", "cuda:N" or "auto".
-        size: process frames resized so that their shorter side is ``size`` pixels (None: original size).
-            Probabilities are upsampled back (bilinear) before the argmax.
+        size: process frames resized so that their shorter side is ``size`` pixels (None or 0: original
+            size; default: the model's ``default_size``). Probabilities are upsampled back (bilinear) to the
+            original size before the argmax; user-given masks stay exact at the original size.
         timer: optional :class:`memvos.benchmark.StageTimer` that records the time spent in the "encode",
             "memory_read", "decode_head" and "memorise" stages (None: no timing, no overhead). Also
             settable later as ``session.timer``.
@@ -130,7 +131,7 @@ class InferenceSession:
         max_memory_frames: int | None | object = _DEFAULT,
         precision: Precision = "auto",
         device: str = "cpu",
-        size: int | None = None,
+        size: int | None | object = _DEFAULT,
         timer: StageTimer | None = None,
     ) -> None:
         self.device = resolve_device(device)
@@ -144,7 +145,11 @@ class InferenceSession:
             self.model = copy.deepcopy(self.model).fuse_for_inference_()
             self.model = self.model.to(memory_format=torch.channels_last)
         self.reader = MemoryReader(
-            kind=memory_read, sigma=kmn_sigma, top_k=top_k, similarity=model.similarity
+            kind=memory_read,
+            sigma=kmn_sigma,
+            top_k=top_k,
+            similarity=model.similarity,
+            exact=self.precision == "fp32",
         )
         policy = MemoryPolicy(
             mem_every=model.default_mem_every if mem_every is None else mem_every,
@@ -154,7 +159,7 @@ class InferenceSession:
         )
         self.memory = MemoryBank(policy, shared_key=model.shared_key)
         self.objects = ObjectManager()
-        self.size = size
+        self.size = model.default_size if size is _DEFAULT else (size or None)
         self.timer = timer
         self.index = 0
         self._first_annotated: int | None = None

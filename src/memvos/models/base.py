@@ -41,6 +41,8 @@ class MemoryNetwork(nn.Module):
     #: Memory defaults this model was designed/trained for (overridable per session).
     default_mem_every: int = 5
     default_max_memory_frames: int | None = 50
+    #: Shorter side (pixels) frames are processed at by default; None = the original size.
+    default_size: int | None = None
 
     def fuse_for_inference_(self) -> MemoryNetwork:
         """Fold BatchNorms into convs, in place and irreversibly (eval only; the state dict changes).
