@@ -589,3 +589,41 @@ def test_bad_precision_and_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="cuda"):
             InferenceSession(StubNet(), device="cuda")
+
+
+# ---------------------------------------------------------------------------------------------- compile
+def _lite_session(**kwargs) -> InferenceSession:
+    from memvos.models.lite import LiteMemoryNetwork
+
+    torch.manual_seed(0)
+    return InferenceSession(LiteMemoryNetwork(pretrained_backbone=False), device="cpu", **kwargs)
+
+
+def test_compiled_encoder_gives_the_eager_masks(clip) -> None:
+    frames, labels = clip
+    eager = [r.probs for r in run(_lite_session(precision="fp32"), frames[:4], {0: labels[0]})]
+    session = _lite_session(precision="fp32", compile=True)
+    compiled = [r.probs for r in run(session, frames[:4], {0: labels[0]})]
+    assert session.compile and session._compiled_encoder is not None  # it really ran compiled
+    for a, b in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+def test_compile_failure_falls_back_to_eager(clip, monkeypatch, caplog) -> None:
+    frames, labels = clip
+
+    def broken_compile(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler here")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    eager = [r.labels for r in run(_lite_session(precision="fp32"), frames[:3], {0: labels[0]})]
+    session = _lite_session(precision="fp32", compile=True)
+    with caplog.at_level("WARNING"):
+        got = [r.labels for r in run(session, frames[:3], {0: labels[0]})]
+    assert not session.compile
+    assert "torch.compile failed (RuntimeError: no C++ compiler here)" in caplog.text
+    for a, b in zip(eager, got, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -52,6 +52,12 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="fp32 = exact and deterministic; bf16 = fast on CPUs with AMX (default auto)",
     )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the query encoder with torch.compile (about 2x faster encoding after a one-off "
+        "compilation; falls back to eager where it fails)",
+    )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     g.add_argument(
         "--size",
@@ -87,6 +93,7 @@ def session_from_args(args: argparse.Namespace, model=None):
         mem_every=args.mem_every,
         precision=args.precision,
         device=args.device,
+        compile=args.compile,
         **kwargs,
     )
 
