@@ -537,8 +537,13 @@ def test_processing_size_returns_full_size_labels(clip) -> None:
     for r in results:
         assert r.labels.shape == (H, W) and r.probs.shape == (3, H, W)
     np.testing.assert_array_equal(results[0].labels, labels[0])  # given pixels are exact at full size
-    # processing at the original size is the same as no resizing
-    a = list(run(make_session(size=H), frames[:3], {0: labels[0]}))
+    # processing at the original size, or at a larger size (never upscaled), is the same as no resizing
+    for size in (H, 2 * H):
+        a = list(run(make_session(size=size), frames[:3], {0: labels[0]}))
+        b = list(run(make_session(), frames[:3], {0: labels[0]}))
+        for ra, rb in zip(a, b, strict=True):
+            assert torch.equal(ra.probs, rb.probs)
+    a = list(run(make_session(size=0), frames[:3], {0: labels[0]}))
     b = list(run(make_session(), frames[:3], {0: labels[0]}))
     for ra, rb in zip(a, b, strict=True):
         assert torch.equal(ra.probs, rb.probs)

@@ -63,8 +63,8 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
         "--size",
         type=int,
         default=None,
-        help="process at this shorter side in pixels, masks upsampled back to the original size "
-        "(0 = original size; default: the model's, see README)",
+        help="process frames downscaled to at most this shorter side in pixels, masks upsampled back "
+        "to the original size (0 = original size; default: the model's, see README)",
     )
 
 

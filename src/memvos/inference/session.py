@@ -112,9 +112,10 @@ class InferenceSession:
         precision: "fp32" (exact, deterministic), "bf16" (autocast + channels_last; fast on AMX CPUs),
             "fp16" (CUDA autocast) or "auto".
         device: "cpu", "cuda", "cuda:N" or "auto".
-        size: process frames resized so that their shorter side is ``size`` pixels (None or 0: original
-            size; default: the model's ``default_size``). Probabilities are upsampled back (bilinear) to the
-            original size before the argmax; user-given masks stay exact at the original size.
+        size: process frames downscaled so that their shorter side is at most ``size`` pixels (smaller
+            frames are not upscaled; None or 0: original size; default: the model's ``default_size``).
+            Probabilities are upsampled back (bilinear) to the original size before the argmax; user-given
+            masks stay exact at the original size.
         timer: optional :class:`memvos.benchmark.StageTimer` that records the time spent in the "encode",
             "memory_read", "decode_head" and "memorise" stages (None: no timing, no overhead). Also
             settable later as ``session.timer``.
@@ -344,7 +345,7 @@ class InferenceSession:
         return t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
     def _processing_hw(self, h: int, w: int) -> tuple[int, int]:
-        if self.size is None or min(h, w) == self.size:
+        if self.size is None or min(h, w) <= self.size:  # downscale only: small videos stay as they are
             return h, w
         scale = self.size / min(h, w)
         return max(1, round(h * scale)), max(1, round(w * scale))
