@@ -7,6 +7,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from memvos.errors import MemvosError
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,9 +45,13 @@ def run(args: argparse.Namespace) -> int:
     from memvos.training.validate import davis_validator
 
     cfg = TrainConfig.from_file(args.config, args.overrides)
+    if cfg.stage == "pml":  # pixel embeddings for interactive segmentation
+        from memvos.training.pml import PMLTrainer as Trainer
+    elif cfg.stage != "memory":
+        raise MemvosError(f"unknown training stage {cfg.stage!r} (memory or pml)")
     trainer = Trainer(cfg, args.out, device=args.device, progress=not args.quiet)
     validate = None
-    if not args.no_val and cfg.val_root and cfg.val_sequences:
+    if cfg.stage == "memory" and not args.no_val and cfg.val_root and cfg.val_sequences:
         validate = davis_validator(
             cfg.val_root, cfg.val_sequences, args.out / "val_predictions", device=str(trainer.device)
         )

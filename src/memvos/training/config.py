@@ -13,6 +13,8 @@ from memvos.errors import MemvosError
 class TrainConfig:
     """All knobs of ``memvos train``. Paths are relative to the current directory."""
 
+    stage: str = "memory"  # "memory": the memory network (trainer.py); "pml": pixel embeddings (pml.py)
+    pml: dict = field(default_factory=dict)  # settings of the pml stage (memvos.training.pml.PMLSettings)
     model: str = "memvos-lite"
     init_weights: str | None = None  # start from these weights (e.g. the static-image stage's result)
     pretrained_backbone: bool = True  # ImageNet EfficientNet-Lite weights for the backbone
