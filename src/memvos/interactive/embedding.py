@@ -12,7 +12,6 @@ so a head always runs on the backbone it was trained on.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from memvos.errors import WeightsError
 from memvos.models.backbones.efficientnet_lite import efficientnet_lite
 from memvos.models.registry import WEIGHTS_DIR
+from memvos.models.weights import fp16_state_dict, save_weights
 
 logger = logging.getLogger(__name__)
 
@@ -191,11 +191,6 @@ class PixelEmbedder(nn.Module):
 def embedder_state(embedder: PixelEmbedder, threshold: float | None, backbone_source: str) -> dict:
     """The content of a weights file: fp16 tensors plus the head's settings (loads with weights_only)."""
 
-    def half(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {
-            k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in sd.items()
-        }
-
     head = embedder.head
     if not isinstance(head, PixelEmbeddingHead):
         raise ValueError("only a trained PixelEmbeddingHead is saved")
@@ -206,19 +201,14 @@ def embedder_state(embedder: PixelEmbedder, threshold: float | None, backbone_so
         "coord_weight": head.coord_weight,
         "threshold": None if threshold is None else float(threshold),
         "backbone_source": backbone_source,
-        "backbone": half(embedder.backbone.state_dict()),
-        "head": half(head.state_dict()),
+        "backbone": fp16_state_dict(embedder.backbone.state_dict()),
+        "head": fp16_state_dict(head.state_dict()),
     }
 
 
 def save_embedder(path: str | Path, embedder: PixelEmbedder, threshold: float | None, source: str) -> Path:
     """Write a weights file atomically (see module docstring)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(embedder_state(embedder, threshold, source), tmp)
-    os.replace(tmp, path)
-    return path
+    return save_weights(embedder_state(embedder, threshold, source), path)
 
 
 def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> PixelEmbedder:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -40,6 +41,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def fp16_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors as contiguous fp16 on the CPU (the shipped weights' format), others unchanged."""
+    return {
+        k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in state.items()
+    }
+
+
+def save_weights(obj: object, path: str | Path) -> Path:
+    """``torch.save`` atomically (a temporary file beside ``path``, then a rename): complete or absent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def _listed(keys: list[str]) -> str:

@@ -12,36 +12,25 @@ fp16 embedder ``last.pth`` in the run folder, like the main trainer.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import random
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from memvos.errors import MemvosError
-from memvos.inference.session import cpu_supports_bf16
 from memvos.interactive.embedding import PixelEmbedder, PixelEmbeddingHead, save_embedder
 from memvos.interactive.loss import closest_distances, pml_triplet_loss
 from memvos.models.lite import LiteMemoryNetwork
 from memvos.models.registry import load_model, shipped_weights_path
 from memvos.models.weights import load_weights, read_state_dict
 from memvos.training.config import TrainConfig
-from memvos.training.data import ClipSampler, SampleStream, collate, index_davis
-from memvos.training.trainer import _autocast, _lr_factor
+from memvos.training.trainer import StageTrainer, _autocast, _lr_factor
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pth"
-LOG = "log.jsonl"
-EXPORT = "last.pth"
 STRIDE = 8
 
 
@@ -157,105 +146,61 @@ def pml_batch_loss(
     return loss, stats
 
 
-class PMLTrainer:
-    """Trains the pixel-embedding head in ``out_dir`` (interface of :class:`memvos.training.trainer.Trainer`:
-    ``train(iterations)``, ``close()``, ``rank``, ``device``; single process)."""
+class PMLTrainer(StageTrainer):
+    """Trains the pixel-embedding head in ``out_dir`` on the shared loop of
+    :class:`memvos.training.trainer.StageTrainer` (single process)."""
+
+    stage = "pml"
+    desc = "train pml"
+    distributed = False
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, device: str = "auto", progress: bool = True):
-        self.cfg = cfg
-        self.settings = PMLSettings.from_dict(cfg.pml)
-        self.out = Path(out_dir)
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            raise MemvosError("the pml stage trains in one process (no torchrun)")
-        self.rank, self.world = 0, 1
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self.progress = progress
-        precision = cfg.precision
-        if precision == "auto":
-            precision = "fp16" if self.device.type == "cuda" else ("bf16" if cpu_supports_bf16() else "fp32")
-        self.precision = precision
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        s = self.settings
+        super().__init__(cfg, out_dir, device, progress)
+        if cfg.crop_size % 16:
+            raise MemvosError(f"crop_size must be a multiple of 16 for the pml stage, got {cfg.crop_size}")
+        self.settings = s = PMLSettings.from_dict(cfg.pml)
         backbone, self.backbone_source = build_backbone(cfg.init_weights or s.backbone_init)
         ch = backbone.stage_channels
         head = PixelEmbeddingHead(ch[8], ch[16], dim=s.dim, hidden=s.hidden, coord_weight=s.coord_weight)
         self.embedder = PixelEmbedder(backbone, head).to(self.device)
         self.embedder.backbone.eval()
         self.optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and self.device.type == "cuda")
-        self.iteration = 0
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.precision == "fp16" and self.device.type == "cuda"
+        )
         self.threshold: float | None = None
         self._resume()
 
-    # -------------------------------------------------------------- state
-    def _resume(self) -> None:
-        path = self.out / CHECKPOINT
-        if not path.is_file():
-            return
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("stage") != "pml":
-            raise MemvosError(f"{path} is not a pml-stage checkpoint; use another --out folder")
+    # -------------------------------------------------------------- StageTrainer
+    def checkpoint_state(self) -> dict:
+        return {
+            "backbone": self.embedder.backbone.state_dict(),
+            "head": self.embedder.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "threshold": self.threshold,
+            "backbone_source": self.backbone_source,
+            "pml": asdict(self.settings),
+        }
+
+    def restore(self, state: dict) -> None:
         self.embedder.backbone.load_state_dict(state["backbone"])
         self.embedder.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        self.iteration = state["iteration"]
         self.threshold = state.get("threshold")
         self.backbone_source = state.get("backbone_source", self.backbone_source)
-        torch.set_rng_state(state["torch_rng"])
-        logger.info("resumed %s at iteration %d", path, self.iteration)
-
-    def save_checkpoint(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        state = {
-            "stage": "pml",
-            "backbone": self.embedder.backbone.state_dict(),
-            "head": self.embedder.head.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "iteration": self.iteration,
-            "threshold": self.threshold,
-            "backbone_source": self.backbone_source,
-            "torch_rng": torch.get_rng_state(),
-            "config": self.cfg.to_dict(),
-            "pml": asdict(self.settings),
-        }
-        tmp = self.out / (CHECKPOINT + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.out / CHECKPOINT)
-        logger.info("checkpoint at iteration %d", self.iteration)
 
     def export_weights(self, path: str | Path) -> Path:
         """fp16 embedder (backbone + head + settings + threshold), loadable by ``load_embedder``."""
         return save_embedder(path, self.embedder, self.threshold, self.backbone_source)
 
-    def _log(self, record: dict) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / LOG, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+    def sampler_photos(self) -> list[Tensor] | None:
+        return None if self.cfg.static_photos else []
 
-    # -------------------------------------------------------------- loop
-    def _loader(self) -> torch.utils.data.DataLoader:
-        cfg = self.cfg
-        if cfg.crop_size % 16:
-            raise MemvosError(f"crop_size must be a multiple of 16 for the pml stage, got {cfg.crop_size}")
-        exclude = set(cfg.val_sequences)
-        seqs = [s for root in cfg.davis_roots for s in index_davis(root, exclude)]
-        sampler = ClipSampler(cfg, seqs, photos=[] if not cfg.static_photos else None)
-        stream = SampleStream(sampler, cfg.seed, self.rank, cfg.batch_size, self.iteration)
-        return torch.utils.data.DataLoader(
-            stream,
-            batch_size=None,
-            num_workers=cfg.num_workers,
-            collate_fn=collate,
-            persistent_workers=False,
-            prefetch_factor=2 if cfg.num_workers else None,
-        )
+    def log_extra(self, it: int) -> dict:
+        return {"threshold": self.threshold, "lr": self.optimizer.param_groups[0]["lr"]}
 
     def step(self, it: int, batch: dict[str, Tensor]) -> dict[str, float]:
         """One optimisation step on ``batch`` (see :func:`pml_batch_loss`)."""
@@ -276,50 +221,3 @@ class PMLTrainer:
             mid = 0.5 * (stats["d_pos"] + stats["d_neg"])
             self.threshold = mid if self.threshold is None else 0.98 * self.threshold + 0.02 * mid
         return stats
-
-    def train(self, iterations: int | None = None, validate=None) -> None:
-        """Train up to ``iterations`` (default cfg.iterations) total iterations (``validate`` is unused)."""
-        cfg = self.cfg
-        if validate is not None:
-            logger.info("the pml stage has no validation; ignoring it")
-        total = cfg.iterations if iterations is None else iterations
-        if self.iteration >= total:
-            return
-        last_ckpt = time.monotonic()
-        bar = tqdm(
-            total=total,
-            initial=self.iteration,
-            desc="train pml",
-            unit="it",
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
-        t_start = time.monotonic()
-        for it, batch in self._loader():
-            assert it == self.iteration, (it, self.iteration)
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            stats = self.step(it, batch)
-            self.iteration = it + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", active=f"{stats['active']:.2f}")
-            if self.iteration % cfg.log_every == 0 or self.iteration == total:
-                self._log(
-                    {
-                        "iteration": self.iteration,
-                        **stats,
-                        "threshold": self.threshold,
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                        "elapsed_s": round(time.monotonic() - t_start, 1),
-                    }
-                )
-            done = self.iteration >= total
-            if done or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
-                self.save_checkpoint()
-                self.export_weights(self.out / EXPORT)
-                last_ckpt = time.monotonic()
-            if done:
-                break
-        bar.close()
-
-    def close(self) -> None:
-        """Nothing to release (single process)."""

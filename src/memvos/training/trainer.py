@@ -22,12 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from memvos.errors import MemvosError
 from memvos.inference.aggregation import soft_aggregate
 from memvos.inference.session import cpu_supports_bf16
 from memvos.memory.read import MemoryReader
 from memvos.models.base import QueryEncoding
 from memvos.models.lite import LiteMemoryNetwork
-from memvos.models.weights import load_weights, read_state_dict
+from memvos.models.weights import fp16_state_dict, load_weights, read_state_dict, save_weights
 from memvos.training.config import TrainConfig
 from memvos.training.data import ClipSampler, SampleStream, collate, index_davis, max_gap
 
@@ -143,9 +144,22 @@ def _lr_factor(cfg: TrainConfig, it: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-# ---------------------------------------------------------------------------- the trainer
-class Trainer:
-    """Owns model, optimiser, data and bookkeeping of one training run in ``out_dir``."""
+# ---------------------------------------------------------------------------- the shared loop
+class StageTrainer:
+    """What every training stage shares: device, precision, seeds, the clip stream, and the loop with its
+    progress bar, JSONL log, checkpoint cadence (atomic ``checkpoint.pth``, exact resume) and fp16 export.
+
+    A stage implements :meth:`step` (one optimisation step -> logged statistics), :meth:`checkpoint_state`
+    / :meth:`restore` (what a checkpoint holds beyond the iteration and RNG) and :meth:`export_weights`;
+    it may override :meth:`after_step` (e.g. validation) and :meth:`log_extra`.
+    """
+
+    #: Name stored in checkpoints, so that one stage never resumes another's run folder.
+    stage = "memory"
+    #: Progress-bar label.
+    desc = "train"
+    #: Whether the stage runs data-parallel under torchrun.
+    distributed = True
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, device: str = "auto", progress: bool = True):
         self.cfg = cfg
@@ -153,6 +167,8 @@ class Trainer:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         _, world, local = _dist_env()
+        if world > 1 and not self.distributed:
+            raise MemvosError(f"the {self.stage} stage trains in one process (no torchrun)")
         self.device = torch.device(f"cuda:{local}" if device == "cuda" and world > 1 else device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -165,7 +181,146 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
+        self.iteration = 0
 
+    # -------------------------------------------------------------- what a stage provides
+    def step(self, it: int, batch: dict[str, Tensor]) -> dict[str, float]:
+        """One optimisation step at iteration ``it``; returns statistics to log."""
+        raise NotImplementedError
+
+    def checkpoint_state(self) -> dict:
+        """Everything to save beyond iteration, RNG and config (model, optimiser, ...)."""
+        raise NotImplementedError
+
+    def restore(self, state: dict) -> None:
+        """Load what :meth:`checkpoint_state` saved."""
+        raise NotImplementedError
+
+    def export_weights(self, path: str | Path) -> Path:
+        raise NotImplementedError
+
+    def log_extra(self, it: int) -> dict:
+        """Extra fields of each log record."""
+        return {}
+
+    def after_step(self, validate, done: bool) -> None:
+        """Called after every step (rank 0 and others); default: nothing."""
+
+    def sampler_photos(self) -> list[Tensor] | None:
+        """Photos for the static-image samples (None: the sampler's default)."""
+        return None
+
+    # -------------------------------------------------------------- state
+    def _resume(self) -> None:
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            return
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("stage", "memory") != self.stage:
+            raise MemvosError(f"{path} is not a {self.stage}-stage checkpoint; use another --out folder")
+        self.restore(state)
+        self.iteration = state["iteration"]
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed %s at iteration %d", path, self.iteration)
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {
+            "stage": self.stage,
+            **self.checkpoint_state(),
+            "iteration": self.iteration,
+            "torch_rng": torch.get_rng_state(),
+            "config": self.cfg.to_dict(),
+        }
+        tmp = self.out / (CHECKPOINT + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.out / CHECKPOINT)
+        logger.info("checkpoint at iteration %d", self.iteration)
+
+    def _log(self, record: dict) -> None:
+        if self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / LOG, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    # -------------------------------------------------------------- loop
+    def _loader(self) -> torch.utils.data.DataLoader:
+        cfg = self.cfg
+        exclude = set(cfg.val_sequences)
+        seqs = [s for root in cfg.davis_roots for s in index_davis(root, exclude)]
+        sampler = ClipSampler(cfg, seqs, photos=self.sampler_photos())
+        stream = SampleStream(sampler, cfg.seed, self.rank, cfg.batch_size, self.iteration)
+        return torch.utils.data.DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=cfg.num_workers,
+            collate_fn=collate,
+            persistent_workers=False,
+            prefetch_factor=2 if cfg.num_workers else None,
+        )
+
+    def train(self, iterations: int | None = None, validate=None) -> None:
+        """Train up to ``iterations`` (default cfg.iterations) total iterations.
+
+        Args:
+            validate: optional callable(model) -> dict of metrics, for stages that validate (see
+                :meth:`after_step`).
+        """
+        cfg = self.cfg
+        total = cfg.iterations if iterations is None else iterations
+        if self.iteration >= total:
+            return
+        last_ckpt = time.monotonic()
+        bar = tqdm(
+            total=total,
+            initial=self.iteration,
+            desc=self.desc,
+            unit="it",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        t_start = time.monotonic()
+        for it, batch in self._loader():
+            assert it == self.iteration, (it, self.iteration)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            stats = self.step(it, batch)
+            self.iteration = it + 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in list(stats.items())[:2]})
+            if self.iteration % cfg.log_every == 0 or self.iteration == total:
+                self._log(
+                    {
+                        "iteration": self.iteration,
+                        **stats,
+                        **self.log_extra(it),
+                        "elapsed_s": round(time.monotonic() - t_start, 1),
+                    }
+                )
+            done = self.iteration >= total
+            self.after_step(validate, done)
+            if done or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                self.save_checkpoint()
+                if self.rank == 0:
+                    self.export_weights(self.out / "last.pth")
+                last_ckpt = time.monotonic()
+            if done:
+                break
+        bar.close()
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------- the memory stage
+class Trainer(StageTrainer):
+    """The memory network stage (static-image and video clips): model, optimiser, validation."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, device: str = "auto", progress: bool = True):
+        super().__init__(cfg, out_dir, device, progress)
         if cfg.model != "memvos-lite":
             raise ValueError(f"training supports model memvos-lite, not {cfg.model!r}")
         model = LiteMemoryNetwork(pretrained_backbone=cfg.pretrained_backbone)
@@ -176,7 +331,7 @@ class Trainer:
         model.train()
         _freeze_bn(model)
         model = model.to(self.device)
-        if precision != "fp32":
+        if self.precision != "fp32":
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.reader = MemoryReader(kind="stm", similarity=model.similarity)
@@ -196,150 +351,63 @@ class Trainer:
             weight_decay=cfg.weight_decay,
         )
         self.base_lrs = [cfg.backbone_lr, cfg.lr]
-        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and self.device.type == "cuda")
-        self.iteration = 0
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.precision == "fp16" and self.device.type == "cuda"
+        )
         self.best_val: float | None = None
         self._resume()
 
-    # -------------------------------------------------------------- state
-    def _resume(self) -> None:
-        path = self.out / CHECKPOINT
-        if not path.is_file():
-            return
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    def checkpoint_state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_val": self.best_val,
+        }
+
+    def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        self.iteration = state["iteration"]
         self.best_val = state.get("best_val")
-        torch.set_rng_state(state["torch_rng"])
-        logger.info("resumed %s at iteration %d", path, self.iteration)
-
-    def save_checkpoint(self) -> None:
-        if self.rank != 0:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "iteration": self.iteration,
-            "best_val": self.best_val,
-            "torch_rng": torch.get_rng_state(),
-            "config": self.cfg.to_dict(),
-        }
-        tmp = self.out / (CHECKPOINT + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.out / CHECKPOINT)
-        logger.info("checkpoint at iteration %d", self.iteration)
 
     def export_weights(self, path: str | Path) -> Path:
         """fp16 state dict for shipping (loadable with weights_only=True)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sd = {
-            k: (v.half() if v.is_floating_point() else v).contiguous()
-            for k, v in self.model.state_dict().items()
-        }
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(sd, tmp)
-        os.replace(tmp, path)
-        return path
+        return save_weights(fp16_state_dict(self.model.state_dict()), path)
 
-    def _log(self, record: dict) -> None:
-        if self.rank != 0:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / LOG, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-    # -------------------------------------------------------------- loop
-    def _loader(self) -> torch.utils.data.DataLoader:
+    def step(self, it: int, batch: dict[str, Tensor]) -> dict[str, float]:
         cfg = self.cfg
-        exclude = set(cfg.val_sequences)
-        seqs = [s for root in cfg.davis_roots for s in index_davis(root, exclude)]
-        sampler = ClipSampler(cfg, seqs)
-        stream = SampleStream(sampler, cfg.seed, self.rank, cfg.batch_size, self.iteration)
-        return torch.utils.data.DataLoader(
-            stream,
-            batch_size=None,
-            num_workers=cfg.num_workers,
-            collate_fn=collate,
-            persistent_workers=False,
-            prefetch_factor=2 if cfg.num_workers else None,
-        )
+        if self.precision != "fp32":
+            batch["frames"] = batch["frames"].contiguous()
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            g["lr"] = base * _lr_factor(cfg, it)
+        ratio = cfg.bootstrap_ratio if it >= cfg.bootstrap_start else 1.0
+        with _autocast(self.precision, self.device):
+            loss, stats = self.loss_fn(batch, ratio)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return stats
 
-    def train(self, iterations: int | None = None, validate=None) -> None:
-        """Train up to ``iterations`` (default cfg.iterations) total iterations.
+    def log_extra(self, it: int) -> dict:
+        return {"lr": self.optimizer.param_groups[1]["lr"], "max_gap": max_gap(self.cfg, it)}
 
-        Args:
-            validate: optional callable(model) -> dict of metrics, run every cfg.val_every iterations and at
-                the end on rank 0; its "J&F-Mean" is logged.
-        """
-        cfg = self.cfg
-        total = cfg.iterations if iterations is None else iterations
-        if self.iteration >= total:
+    def after_step(self, validate, done: bool) -> None:
+        """Validation every ``cfg.val_every`` iterations and at the end (rank 0); best J&F -> best.pth."""
+        if validate is None or self.rank != 0:
             return
-        last_ckpt = time.monotonic()
-        bar = tqdm(
-            total=total,
-            initial=self.iteration,
-            desc="train",
-            unit="it",
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
-        t_start = time.monotonic()
-        for it, batch in self._loader():
-            assert it == self.iteration, (it, self.iteration)
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            if self.precision != "fp32":
-                batch["frames"] = batch["frames"].contiguous()
-            for g, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-                g["lr"] = base * _lr_factor(cfg, it)
-            ratio = cfg.bootstrap_ratio if it >= cfg.bootstrap_start else 1.0
-            with _autocast(self.precision, self.device):
-                loss, stats = self.loss_fn(batch, ratio)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.iteration = it + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", iou=f"{stats['iou']:.2f}")
-            if self.iteration % cfg.log_every == 0 or self.iteration == total:
-                self._log(
-                    {
-                        "iteration": self.iteration,
-                        **stats,
-                        "lr": self.optimizer.param_groups[1]["lr"],
-                        "max_gap": max_gap(cfg, it),
-                        "elapsed_s": round(time.monotonic() - t_start, 1),
-                    }
-                )
-            done = self.iteration >= total
-            if validate is not None and self.rank == 0 and (self.iteration % cfg.val_every == 0 or done):
-                self.model.eval()
-                metrics = validate(self.model)
-                self.model.train()
-                _freeze_bn(self.model)
-                self._log({"iteration": self.iteration, "validation": metrics})
-                jf = metrics.get("J&F-Mean")
-                if jf is not None and (self.best_val is None or jf > self.best_val):
-                    self.best_val = jf
-                    self.export_weights(self.out / "best.pth")
-            if done or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
-                self.save_checkpoint()
-                if self.rank == 0:
-                    self.export_weights(self.out / "last.pth")
-                last_ckpt = time.monotonic()
-            if done:
-                break
-        bar.close()
-
-    def close(self) -> None:
-        if self.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        if not (self.iteration % self.cfg.val_every == 0 or done):
+            return
+        self.model.eval()
+        metrics = validate(self.model)
+        self.model.train()
+        _freeze_bn(self.model)
+        self._log({"iteration": self.iteration, "validation": metrics})
+        jf = metrics.get("J&F-Mean")
+        if jf is not None and (self.best_val is None or jf > self.best_val):
+            self.best_val = jf
+            self.export_weights(self.out / "best.pth")
