@@ -342,7 +342,9 @@ class InferenceSession:
         t = torch.from_numpy(arr if arr.flags.writeable and arr.flags.c_contiguous else arr.copy()).to(
             self.device
         )
-        return t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        t = t.permute(2, 0, 1).unsqueeze(0)
+        # uint8 stays uint8 (made float by _resize); other dtypes are 0..255 values as before
+        return t if t.dtype == torch.uint8 else t.float().div_(255.0)
 
     def _processing_hw(self, h: int, w: int) -> tuple[int, int]:
         if self.size is None or min(h, w) <= self.size:  # downscale only: small videos stay as they are
@@ -351,11 +353,16 @@ class InferenceSession:
         return max(1, round(h * scale)), max(1, round(w * scale))
 
     def _resize(self, frame: Tensor) -> Tensor:
+        """(1, 3, H, W) uint8 or float in [0, 1] -> float (1, 3, h', w') at the processing size.
+
+        uint8 frames are resized before conversion (torch's uint8 antialiased kernel: ~4x less work than
+        on floats, results within 1/255 of it).
+        """
         h, w = frame.shape[-2:]
         ph, pw = self._processing_hw(h, w)
-        if (ph, pw) == (h, w):
-            return frame
-        return F.interpolate(frame, size=(ph, pw), mode="bilinear", align_corners=False, antialias=True)
+        if (ph, pw) != (h, w):
+            frame = F.interpolate(frame, size=(ph, pw), mode="bilinear", align_corners=False, antialias=True)
+        return frame.float().div_(255.0) if frame.dtype == torch.uint8 else frame
 
     def _resize_probs(self, probs: Tensor, hw: tuple[int, int]) -> Tensor:
         if tuple(probs.shape[-2:]) == tuple(hw):
