@@ -1,0 +1,128 @@
+"""What each CPU speed lever gives on memvos-lite's two hot spots: the query encoder and the memory read.
+
+Times one frame (median of ``--runs``) at the processing size (default 480x864, the padded 854x480 frame)
+with random weights, in one process, so the ratios are comparable:
+
+* encoder: fp32 eager | bf16 autocast (NCHW) | bf16 autocast + channels_last | + BatchNorms folded into the
+  convs (what the session runs) | + torch.compile (``--compile``, inductor with frozen weights)
+* memory read (``--memory-frames`` frames of keys/values, one object): the reference (B, M, Q) layout in
+  float32 (the exact path, ``precision fp32``) | the same under bf16 autocast | the query-major,
+  cache-sized chunks with a float32 affinity (the fast path, ``precision bf16``)
+
+Run it twice to see the allocator's effect (page faults on these VMs):
+``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432 python benchmarks/bench_levers.py`` and without.
+
+    .venv/bin/python benchmarks/bench_levers.py [--height 480 --width 864] [--threads 2] [--skip-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from memvos.memory.read import MemoryReader
+from memvos.models.lite import KEY_DIM, VALUE_DIM, LiteMemoryNetwork
+
+
+def median_ms(fn: Callable[[], object], runs: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+def bf16() -> torch.autocast:
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=864)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=11)
+    ap.add_argument("--memory-frames", type=int, default=8)
+    ap.add_argument("--skip-compile", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    h, w = args.height, args.width
+    alloc = os.environ.get("GLIBC_TUNABLES", "") or os.environ.get("LD_PRELOAD", "") or "glibc default"
+    print(f"torch {torch.__version__}, {args.threads} threads, frame {w}x{h}, allocator: {alloc}")
+
+    model = LiteMemoryNetwork(pretrained_backbone=False).eval()
+    x = torch.rand(1, 3, h, w)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    rows: list[tuple[str, float]] = []
+    with torch.inference_mode():
+        rows.append(("encoder fp32", median_ms(lambda: model.encode_frames(x), args.runs)))
+
+        def enc_bf16(m: LiteMemoryNetwork, inp: torch.Tensor) -> Callable[[], object]:
+            def run() -> object:
+                with bf16():
+                    return m.encode_frames(inp)
+
+            return run
+
+        rows.append(("encoder bf16 autocast, NCHW", median_ms(enc_bf16(model, x), args.runs)))
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        rows.append(("encoder bf16 autocast + channels_last", median_ms(enc_bf16(cl, x_cl), args.runs)))
+        fused = copy.deepcopy(model).fuse_for_inference_().to(memory_format=torch.channels_last)
+        rows.append(("  + BatchNorm folded (session default)", median_ms(enc_bf16(fused, x_cl), args.runs)))
+        if not args.skip_compile:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
+            compiled = torch.compile(fused.encode_frames, dynamic=False)
+
+            def run_compiled() -> object:
+                with bf16():
+                    return compiled(x_cl)
+
+            t0 = time.perf_counter()
+            run_compiled()
+            print(f"(torch.compile of the encoder: {time.perf_counter() - t0:.1f} s)")
+            rows.append(("  + torch.compile (--compile)", median_ms(run_compiled, args.runs)))
+
+        q = (h // 16) * (w // 16)
+        m = args.memory_frames * q
+        mk, qk = torch.randn(1, KEY_DIM, m), torch.randn(1, KEY_DIM, q)
+        mv = torch.randn(1, VALUE_DIM, m)
+        exact = MemoryReader(similarity="l2", exact=True)
+        fast = MemoryReader(similarity="l2")
+        hw = (h // 16, w // 16)
+        rows.append(
+            (
+                f"memory read, {args.memory_frames} frames: reference layout fp32",
+                median_ms(lambda: exact(mk, mv, qk, hw), args.runs),
+            )
+        )
+        mkb, qkb, mvb = mk.bfloat16(), qk.bfloat16(), mv.bfloat16()
+
+        def exact_bf16() -> object:
+            with bf16():
+                return exact(mkb, mvb, qkb, hw)
+
+        def fast_bf16() -> object:
+            with bf16():
+                return fast(mkb, mvb, qkb, hw)
+
+        rows.append(("memory read: reference layout, bf16 autocast", median_ms(exact_bf16, args.runs)))
+        rows.append(("memory read: query-major chunks (session default)", median_ms(fast_bf16, args.runs)))
+    width = max(len(name) for name, _ in rows)
+    for name, ms in rows:
+        print(f"{name:<{width}}  {ms:8.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
