@@ -9,19 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient  # the dev extras install fastapi and its test client (httpx2)
 from PIL import Image
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
-from fastapi.testclient import TestClient  # noqa: E402
-
-from memvos.cli import main as cli_main  # noqa: E402
-from memvos.cli.ui import bind  # noqa: E402
-from memvos.errors import InputError  # noqa: E402
-from memvos.interactive.embedding import PixelEmbedder  # noqa: E402
-from memvos.interactive.server import create_app  # noqa: E402
-from memvos.interactive.video import InteractiveVideo  # noqa: E402
-from memvos.models.lite import LiteMemoryNetwork  # noqa: E402
+from memvos.cli import main as cli_main
+from memvos.cli.ui import bind
+from memvos.errors import InputError
+from memvos.interactive.embedding import PixelEmbedder
+from memvos.interactive.server import create_app
+from memvos.interactive.video import InteractiveVideo
+from memvos.models.lite import LiteMemoryNetwork
 
 torch.set_num_threads(1)
 
