@@ -20,25 +20,14 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from bench_backbone import time_ms  # this folder's timing helper (the script's folder is on sys.path)
 
 from memvos.memory.read import MemoryReader
 from memvos.models.lite import KEY_DIM, VALUE_DIM, LiteMemoryNetwork
-
-
-def median_ms(fn: Callable[[], object], runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
 
 
 def bf16() -> torch.autocast:
@@ -65,7 +54,7 @@ def main() -> None:
     x_cl = x.contiguous(memory_format=torch.channels_last)
     rows: list[tuple[str, float]] = []
     with torch.inference_mode():
-        rows.append(("encoder fp32", median_ms(lambda: model.encode_frames(x), args.runs)))
+        rows.append(("encoder fp32", time_ms(lambda: model.encode_frames(x), args.runs, 2)))
 
         def enc_bf16(m: LiteMemoryNetwork, inp: torch.Tensor) -> Callable[[], object]:
             def run() -> object:
@@ -74,11 +63,11 @@ def main() -> None:
 
             return run
 
-        rows.append(("encoder bf16 autocast, NCHW", median_ms(enc_bf16(model, x), args.runs)))
+        rows.append(("encoder bf16 autocast, NCHW", time_ms(enc_bf16(model, x), args.runs, 2)))
         cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        rows.append(("encoder bf16 autocast + channels_last", median_ms(enc_bf16(cl, x_cl), args.runs)))
+        rows.append(("encoder bf16 autocast + channels_last", time_ms(enc_bf16(cl, x_cl), args.runs, 2)))
         fused = copy.deepcopy(model).fuse_for_inference_().to(memory_format=torch.channels_last)
-        rows.append(("  + BatchNorm folded (session default)", median_ms(enc_bf16(fused, x_cl), args.runs)))
+        rows.append(("  + BatchNorm folded (session default)", time_ms(enc_bf16(fused, x_cl), args.runs, 2)))
         if not args.skip_compile:
             import torch._inductor.config as inductor_config
 
@@ -92,7 +81,7 @@ def main() -> None:
             t0 = time.perf_counter()
             run_compiled()
             print(f"(torch.compile of the encoder: {time.perf_counter() - t0:.1f} s)")
-            rows.append(("  + torch.compile (--compile)", median_ms(run_compiled, args.runs)))
+            rows.append(("  + torch.compile (--compile)", time_ms(run_compiled, args.runs, 2)))
 
         q = (h // 16) * (w // 16)
         m = args.memory_frames * q
@@ -104,7 +93,7 @@ def main() -> None:
         rows.append(
             (
                 f"memory read, {args.memory_frames} frames: reference layout fp32",
-                median_ms(lambda: exact(mk, mv, qk, hw), args.runs),
+                time_ms(lambda: exact(mk, mv, qk, hw), args.runs, 2),
             )
         )
         mkb, qkb, mvb = mk.bfloat16(), qk.bfloat16(), mv.bfloat16()
@@ -117,8 +106,8 @@ def main() -> None:
             with bf16():
                 return fast(mkb, mvb, qkb, hw)
 
-        rows.append(("memory read: reference layout, bf16 autocast", median_ms(exact_bf16, args.runs)))
-        rows.append(("memory read: query-major chunks (session default)", median_ms(fast_bf16, args.runs)))
+        rows.append(("memory read: reference layout, bf16 autocast", time_ms(exact_bf16, args.runs, 2)))
+        rows.append(("memory read: query-major chunks (session default)", time_ms(fast_bf16, args.runs, 2)))
     width = max(len(name) for name, _ in rows)
     for name, ms in rows:
         print(f"{name:<{width}}  {ms:8.1f} ms")

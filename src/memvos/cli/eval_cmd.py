@@ -11,6 +11,24 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
+    """--year and --set: the evaluation protocol and the CSV names (shared with run-dataset)."""
+    p.add_argument(
+        "--year",
+        type=int,
+        choices=(2016, 2017),
+        default=2017,
+        help="evaluation protocol: 2017 per object (default), 2016 all foreground merged",
+    )
+    p.add_argument(
+        "--set",
+        dest="set_name",
+        default="val",
+        metavar="NAME",
+        help="set name used in the CSV file names (default: val)",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` sub-command."""
     p = subparsers.add_parser(
@@ -27,25 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--gt", type=Path, required=True, metavar="ANNOTATIONS", help="ground-truth folder")
     p.add_argument(
-        "--year",
-        type=int,
-        choices=(2016, 2017),
-        default=2017,
-        help="2017: per object (default); 2016: all foreground merged",
-    )
-    p.add_argument(
         "--sequences",
         nargs="+",
         metavar="SEQ",
         help="sequences to evaluate (default: every sub-folder of RESULTS with PNGs)",
     )
-    p.add_argument(
-        "--set",
-        dest="set_name",
-        default="val",
-        metavar="NAME",
-        help="set name used in the CSV file names (default: val)",
-    )
+    add_protocol_arguments(p)
     p.add_argument("--out", type=Path, metavar="DIR", help="folder for the CSV files (default: RESULTS)")
     p.add_argument(
         "--json", type=Path, metavar="FILE", help="also write all results (per-frame J and F) as JSON"

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from memvos.cli.eval_cmd import add_protocol_arguments
 from memvos.cli.segment import add_session_arguments
 from memvos.errors import InputError
 
@@ -36,20 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-resume", action="store_true", help="segment finished sequences again")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate after segmenting")
-    p.add_argument(
-        "--year",
-        type=int,
-        choices=(2016, 2017),
-        default=2017,
-        help="evaluation protocol: 2017 per object (default), 2016 foreground merged",
-    )
-    p.add_argument(
-        "--set",
-        dest="set_name",
-        default="val",
-        metavar="NAME",
-        help="set name used in the CSV file names (default: val)",
-    )
+    add_protocol_arguments(p)
     p.add_argument(
         "--workers", type=int, default=None, metavar="N", help="evaluation processes (default: CPU count)"
     )
