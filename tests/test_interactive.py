@@ -165,7 +165,7 @@ def test_pml_stage_of_memvos_train_checkpoints_logs_exports_and_resumes(tmp_path
 def test_train_config_stage_and_unknown_pml_keys(tmp_path) -> None:
     cfg = TrainConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / "pml-lite.json")
     assert cfg.stage == "pml"
-    assert PMLSettings.from_dict(cfg.pml).backbone_init == "auto"
+    assert PMLSettings.from_dict(cfg.pml).backbone_init == "imagenet"  # the shipped pml-lite.pth run
     assert TrainConfig().stage == "memory"
     with pytest.raises(Exception, match="unknown pml config keys: nope"):
         PMLSettings.from_dict({"nope": 1})
