@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from memvos.errors import WeightsError
+from memvos.models.backbones import efficientnet_lite as efficientnet_lite_module
 from memvos.models.backbones.efficientnet_lite import (
     WEIGHT_PACKAGES,
     Conv2dSame,
@@ -175,6 +176,24 @@ def test_conv2d_same_matches_tf_semantics(kernel: int, stride: int, dilation: in
         y = conv(x)
         assert y.shape[-2:] == (math.ceil(h / stride), math.ceil(w / stride))
         torch.testing.assert_close(y, _reference_same_conv(conv, x))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv2d_same_inference_pad_buffer_is_reused_and_stays_exact(channels_last: bool) -> None:
+    """In inference mode the asymmetric padding goes through a reused buffer: same outputs as F.pad, for
+    successive inputs (the zero border is never overwritten), and one buffer per shape."""
+    torch.manual_seed(0)
+    conv = Conv2dSame(4, 4, 3, stride=2, groups=4)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.inference_mode():
+        for h, w in [(8, 10), (8, 10), (12, 6), (8, 10)]:
+            x = torch.randn(1, 4, h, w).contiguous(memory_format=fmt) * 5 + 3  # non-zero everywhere
+            torch.testing.assert_close(conv(x), _reference_same_conv(conv, x))
+    mine = {k for k in vars(efficientnet_lite_module._PAD_BUFFERS)["buffers"] if k[0] == id(conv)}
+    assert len(mine) == 2  # (8, 10) and (12, 6)
+    x = torch.randn(1, 4, 8, 10, requires_grad=True)  # outside inference mode: plain F.pad, autograd works
+    conv(x).sum().backward()
+    assert x.grad is not None
 
 
 def test_tf_same_pad_puts_extra_pixel_after() -> None:

@@ -343,3 +343,20 @@ def test_bank_remove_object_drops_rows_and_empty_entries(shared: bool) -> None:
     assert kept.object_ids == (7,)
     torch.testing.assert_close(kept.value, e1.value[1:2])
     torch.testing.assert_close(kept.key, e1.key if shared else e1.key[1:2])
+
+
+def test_bf16_affinity_flag_rounds_the_affinity_and_stays_a_read() -> None:
+    """``bf16_affinity``: only under bf16 values does the affinity GEMM run in bf16; the output is still a
+    convex combination of the memory values, and float32 values ignore the flag."""
+    hw = (4, 6)
+    mk, mv, qk = random_kv(1, 2, 16, 8, 4, hw, seed=5)
+    exact32 = MemoryReader(similarity="l2")(mk, mv, qk, hw)
+    torch.testing.assert_close(MemoryReader(similarity="l2", bf16_affinity=True)(mk, mv, qk, hw), exact32)
+    mk, mv, qk = (t.mul(3).bfloat16() for t in (mk, mv, qk))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = MemoryReader(similarity="l2", bf16_affinity=True)(mk, mv, qk, hw).float()
+        safe = MemoryReader(similarity="l2")(mk, mv, qk, hw).float()
+    assert not torch.equal(fast, safe)  # the affinity really was rounded
+    lo = mv.float().amin(dim=2, keepdim=True) - 0.05
+    hi = mv.float().amax(dim=2, keepdim=True) + 0.05
+    assert ((fast >= lo) & (fast <= hi)).all()

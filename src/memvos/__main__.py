@@ -1,5 +1,3 @@
-import sys
+from memvos.cli import entry
 
-from memvos.cli import main
-
-sys.exit(main())
+entry()

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from memvos import __version__
+from memvos.allocator import describe as describe_allocator
 from memvos.errors import InputError
 from memvos.inference.session import InferenceSession, cpu_supports_bf16
 from memvos.inference.video import StageTimes, propagate_video
@@ -293,6 +294,7 @@ def machine_info(device: torch.device | None = None) -> dict[str, object]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "memvos": __version__,
+        "allocator": describe_allocator(),
     }
     if device is not None and device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -432,7 +434,8 @@ def format_report(report: Mapping[str, object]) -> str:
         + f"  {report['frames']} frames ({s['warmup']} warm-up)"
         + f"  precision {s['precision']}  device {s['device']}",
         f"machine: {m['cpu']}, {m['cores_usable']}/{m['cores']} cores, {m['torch_threads']} torch threads, "
-        f"load {m['load_average_1min']}, torch {m['torch']}" + (f", GPU {m['gpu']}" if m.get("gpu") else ""),
+        f"load {m['load_average_1min']}, torch {m['torch']}, {m.get('allocator', '?')}"
+        + (f", GPU {m['gpu']}" if m.get("gpu") else ""),
         f"fps {report['fps']:.2f} end to end "
         f"({report['measured_frames']} frames in {report['seconds']:.2f} s)"
         f"   peak RSS {report['peak_rss_mib']:.0f} MiB",

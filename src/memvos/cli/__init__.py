@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    from memvos.allocator import describe
+
+    logging.getLogger(__name__).debug("allocator: %s", describe())
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
@@ -53,5 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":  # pragma: no cover
+def entry() -> None:
+    """The ``memvos`` console command: set up the allocator (see :mod:`memvos.allocator`), then run."""
+    from memvos.allocator import reexec_with_fast_allocator
+
+    reexec_with_fast_allocator()
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

@@ -143,6 +143,10 @@ class MemoryReader:
             STM amplifies 1e-6 differences to 0.3 in 13 frames). Otherwise (default) query-major chunks
             with a float32 affinity and softmax: the same maths, 2-3x faster on CPU.
         exact_chunk_elements: affinity elements per chunk of the exact path.
+        bf16_affinity: on the fast path with bf16 values, compute the affinity GEMM in bf16 too (then the
+            softmax in float32): 2.4x faster GEMMs on AVX512-BF16, but affinities of large keys are rounded
+            (steps of 1 at |k|^2 ~ 150). Off by default; a model turns it on where its trained keys were
+            checked (see ``MemoryNetwork.bf16_affinity``).
     """
 
     kind: ReadKind = "stm"
@@ -152,6 +156,7 @@ class MemoryReader:
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
     exact: bool = False
     exact_chunk_elements: int = EXACT_CHUNK_ELEMENTS
+    bf16_affinity: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("stm", "kmn"):
@@ -201,10 +206,11 @@ class MemoryReader:
                 w = read_weights(aff, self.kind, kernel=kernel, top_k=self.top_k).to(mem_value.dtype)
                 out[:, :, sl] = torch.bmm(mem_value, w) if w.shape[0] == n else torch.matmul(mem_value, w[0])
             return out
-        # Affinity and softmax in float32 whatever the autocast (bf16 affinities of l2 keys lose the
-        # small differences that matter); the weighted sum of values runs in the values' dtype.
+        # Softmax in float32 whatever the autocast; the affinity in bf16 when the values are bf16 (see
+        # ``bf16_affinity``), else float32; the weighted sum of values runs in the values' dtype.
+        adt = torch.bfloat16 if self.bf16_affinity and mem_value.dtype == torch.bfloat16 else torch.float32
         with torch.autocast(mem_key.device.type, enabled=False):
-            mem_key, query_key = mem_key.float(), query_key.float()
+            mem_key, query_key = mem_key.to(adt), query_key.to(adt)
             best = self.best_query_match(mem_key, query_key) if self.kind == "kmn" else None
             mem_sq = mem_key.pow(2).sum(1, keepdim=True) if self.similarity == "l2" else None
             for sl in self._chunks(m, q, self.chunk_elements):

@@ -41,6 +41,9 @@ class MemoryNetwork(nn.Module):
     #: Memory defaults this model was designed/trained for (overridable per session).
     default_mem_every: int = 5
     default_max_memory_frames: int | None = 50
+    #: The memory read may compute affinities in bf16 under bf16 precision (``MemoryReader.bf16_affinity``).
+    #: Only where the trained weights were checked: masks must agree with the float32-affinity read.
+    bf16_affinity: bool = False
     #: Shorter side (pixels) frames are processed at by default; None = the original size.
     default_size: int | None = None
 

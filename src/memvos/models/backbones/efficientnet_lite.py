@@ -17,6 +17,7 @@ import importlib
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,9 @@ def tf_same_pad(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple
     return total // 2, total - total // 2
 
 
+_PAD_BUFFERS = threading.local()  # Conv2dSame inference padding buffers, per thread
+
+
 class Conv2dSame(nn.Conv2d):
     """``nn.Conv2d`` with TF "SAME" padding for any input size.
 
@@ -130,9 +134,28 @@ class Conv2dSame(nn.Conv2d):
         if pt == pb and pl == pr:
             padding: tuple[int, int] = (pt, pl)
         else:
-            x = F.pad(x, (pl, pr, pt, pb))
+            x = self._pad(x, (pt, pb, pl, pr))
             padding = (0, 0)
         return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+
+    def _pad(self, x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
+        """Zero-pad (top, bottom, left, right). In inference mode the padded tensor is a per-thread buffer
+        whose zero border is written once and reused (a fresh ``F.pad`` fills the whole tensor each call)."""
+        pt, pb, pl, pr = pads
+        if not torch.is_inference_mode_enabled():
+            return F.pad(x, (pl, pr, pt, pb))
+        b, c, h, w = x.shape
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        key = (b, c, h, w, x.dtype, x.device, fmt, pads)
+        cache = _PAD_BUFFERS.__dict__.setdefault("buffers", {})
+        buf = cache.get((id(self), key))
+        if buf is None:
+            buf = torch.zeros((b, c, h + pt + pb, w + pl + pr), dtype=x.dtype, device=x.device)
+            buf = buf.contiguous(memory_format=fmt)
+            cache[(id(self), key)] = buf
+        buf[:, :, pt : pt + h, pl : pl + w].copy_(x)
+        return buf
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
