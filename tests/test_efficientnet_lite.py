@@ -22,6 +22,7 @@ from memvos.models.backbones.efficientnet_lite import (
     packaged_weights_path,
     tf_same_pad,
 )
+from memvos.models.modules import conv_act, enable_fused_activations_, pointwise_conv_available
 
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 EXPECTED_RESOLUTION = {"lite0": 224, "lite1": 240, "lite2": 260}
@@ -237,3 +238,49 @@ def test_fuse_bn_keeps_outputs() -> None:
     torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-3)
     for stride in ref_f:
         torch.testing.assert_close(out_f[stride], ref_f[stride], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("act", ["relu", "relu6"])
+def test_fused_conv_activation_equals_conv_then_activation(dtype: torch.dtype, act: str) -> None:
+    """conv_act on marked convs (oneDNN conv + activation in one kernel) gives conv-then-activation."""
+    if not pointwise_conv_available():
+        pytest.skip("this torch has no mkldnn._convolution_pointwise")
+    torch.manual_seed(0)
+    convs = [
+        Conv2dSame(8, 8, 3, stride=2, groups=8, bias=True),  # asymmetric TF padding on even inputs
+        Conv2dSame(8, 16, 1, bias=True),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+    ]
+    for conv in convs:
+        conv = conv.to(dtype)
+        x = (torch.randn(2, 8, 10, 12) * 4).to(dtype).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            want = conv_act(conv, x, act)  # not marked: plain conv, then the activation
+            ref = conv(x).clamp(min=0) if act == "relu" else conv(x).clamp(0, 6)
+            torch.testing.assert_close(want, ref)
+            enable_fused_activations_(conv)
+            got = conv_act(conv, x, act)
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+        assert float(got.max()) > 0 and (act == "relu" or float(got.max()) <= 6)
+        del conv.fuse_activation
+
+
+def test_fused_backbone_equals_the_folded_one() -> None:
+    """fuse_bn_ also turns on fused activations: features equal the BN-folded eager run bit for bit."""
+    torch.manual_seed(0)
+    ref = EfficientNetLite("lite0", num_classes=None, max_stride=16).eval()
+    fused = EfficientNetLite("lite0", num_classes=None, max_stride=16)
+    fused.load_state_dict(ref.state_dict())
+    fused.fuse_bn_()
+    x = torch.rand(1, 3, 64, 96)
+    with torch.inference_mode():
+        got = fused.forward_features(x)
+        for m in fused.modules():  # the same folded weights without the fused kernel
+            if hasattr(m, "fuse_activation"):
+                m.fuse_activation = False
+        want = fused.forward_features(x)
+        folded_only = ref.forward_features(x)
+    for s in want:
+        torch.testing.assert_close(got[s], want[s], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(got[s], folded_only[s], atol=1e-3, rtol=1e-3)

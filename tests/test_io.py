@@ -468,3 +468,30 @@ def test_source_from_arrays(tiny_clip) -> None:
     np.testing.assert_array_equal(np.stack([f for _, f in got]), tiny_clip.frames)
     with pytest.raises(ValueError):
         FrameSource.from_arrays(tiny_clip.frames[..., 0])
+
+
+def test_decode_image_rgb_matches_pillow_and_ignores_orientation(tmp_path: Path) -> None:
+    """The OpenCV decoder of frame folders gives Pillow's pixels: exact for PNG, within JPEG IDCT rounding
+    for JPEG; grey images become RGB; EXIF orientation is ignored like the mask reader; garbage raises."""
+    from memvos.io.frames import decode_image_rgb
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (30, 44, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    np.testing.assert_array_equal(decode_image_rgb(tmp_path / "a.png"), rgb)
+    smooth = np.clip(np.indices((30, 44)).sum(0)[..., None] * [3, 5, 7], 0, 255).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "b.jpg", quality=95)
+    with Image.open(tmp_path / "b.jpg") as im:
+        want = np.asarray(im.convert("RGB")).astype(int)
+    got = decode_image_rgb(tmp_path / "b.jpg")
+    assert got.shape == (30, 44, 3) and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - want).max() <= 2
+    Image.fromarray(smooth[..., 0]).save(tmp_path / "g.png")
+    np.testing.assert_array_equal(decode_image_rgb(tmp_path / "g.png"), np.repeat(smooth[..., :1], 3, axis=2))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW" on display
+    Image.fromarray(smooth).save(tmp_path / "r.jpg", quality=95, exif=exif)
+    assert decode_image_rgb(tmp_path / "r.jpg").shape == (30, 44, 3)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(InputError, match="bad.jpg"):
+        decode_image_rgb(tmp_path / "bad.jpg")

