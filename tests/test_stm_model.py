@@ -437,3 +437,20 @@ def test_fast_session_leaves_the_callers_model_untouched() -> None:
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_bf16_session_runs_stm_with_its_float32_stem_batchnorm(parity_clip) -> None:
+    """The fast copy keeps norm layers in float32 (STM's unfused stem bn1 runs on bf16 activations):
+    a bf16 session segments the parity clip into valid distributions, close to the fp32 session at first."""
+    frames, labels = parity_clip
+    model = randomise_stm(4)
+    fast = InferenceSession(model, precision="bf16", max_memory_frames=None)
+    exact = InferenceSession(model, precision="fp32", max_memory_frames=None)
+    assert all(p.dtype == torch.float32 for p in fast.model.Encoder_Q.bn1.parameters())
+    assert fast.model.Encoder_Q.conv1.weight.dtype == torch.bfloat16
+    for t, frame in enumerate(frames[:3]):
+        a = fast.step(frame, labels[0] if t == 0 else None)
+        b = exact.step(frame, labels[0] if t == 0 else None)
+        torch.testing.assert_close(a.probs.sum(0), torch.ones_like(a.probs[0]), atol=1e-3, rtol=0)
+        if t == 1:  # the first propagated frame: bf16 rounding only (later frames amplify it)
+            assert (a.probs - b.probs).abs().mean() < 0.05

@@ -149,11 +149,14 @@ class InferenceSession:
             # the caller's model, exact like the reference.
             # Weights are stored in the autocast dtype: autocast would otherwise re-cast every weight on
             # every call (~160 copies per frame for memvos-lite). Same numbers: autocast rounds them alike.
-            # Buffers (e.g. input mean/std) stay float32, as autocast leaves them.
+            # Only conv/linear weights: norm layers and buffers (e.g. input mean/std) stay float32, as
+            # autocast leaves them.
             self.model = copy.deepcopy(self.model).fuse_for_inference_()
             self.model = self.model.to(memory_format=torch.channels_last)
-            for param in self.model.parameters():
-                param.data = param.data.to(self._fast_dtype())
+            for module in self.model.modules():
+                if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                    for param in module.parameters(recurse=False):
+                        param.data = param.data.to(self._fast_dtype())
         self.reader = MemoryReader(
             kind=memory_read,
             sigma=kmn_sigma,

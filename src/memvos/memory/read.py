@@ -111,7 +111,10 @@ def read_weights(
     Returns:
         weights of ``aff``'s shape summing to 1 over M.
     """
-    aff = aff.float()
+    if not (aff.dtype == torch.bfloat16 and kind == "stm"):
+        # bf16 STM weights come straight from a bf16 softmax (computed in float32 inside, rounded once
+        # at the end, the same as float32 softmax then rounding); everything else runs in float32.
+        aff = aff.float()
     if top_k is not None and top_k < aff.shape[dim]:
         values, indices = aff.topk(top_k, dim=dim)
         masked = torch.full_like(aff, float("-inf"))
@@ -213,10 +216,13 @@ class MemoryReader:
             mem_key, query_key = mem_key.to(adt), query_key.to(adt)
             best = self.best_query_match(mem_key, query_key) if self.kind == "kmn" else None
             mem_sq = mem_key.pow(2).sum(1, keepdim=True) if self.similarity == "l2" else None
+            shared = mem_key.shape[0] == 1 and n > 1
+            # all objects' values as the rows of one matrix when they share the affinity: one bmm
+            values = mem_value.reshape(1, n * cv, m) if shared else mem_value
             for sl in self._chunks(m, q, self.chunk_elements):
                 aff = query_affinity(mem_key, query_key[:, :, sl], self.similarity, mem_sq)  # (B, Qs, M)
                 kernel = None if best is None else kmn_kernel(best, query_hw, self.sigma, sl).transpose(1, 2)
                 w = read_weights(aff, self.kind, kernel=kernel, top_k=self.top_k, dim=2)
                 w = w.to(mem_value.dtype).transpose(1, 2)  # (B, M, Qs)
-                out[:, :, sl] = torch.bmm(mem_value, w) if w.shape[0] == n else torch.matmul(mem_value, w[0])
+                out[:, :, sl] = torch.bmm(values, w).view(n, cv, -1)
         return out
