@@ -4,13 +4,15 @@ Times one frame (median of ``--runs``) at the processing size (default 480x864, 
 with random weights, in one process, so the ratios are comparable:
 
 * encoder: fp32 eager | bf16 autocast (NCHW) | bf16 autocast + channels_last | + BatchNorms folded into the
-  convs (what the session runs) | + torch.compile (``--compile``, inductor with frozen weights)
+  convs | + weights stored in bf16 and conv + ReLU6 fused into one oneDNN kernel (what the session runs) |
+  + torch.compile (``--compile``, inductor with frozen weights)
 * memory read (``--memory-frames`` frames of keys/values, one object): the reference (B, M, Q) layout in
   float32 (the exact path, ``precision fp32``) | the same under bf16 autocast | the query-major,
-  cache-sized chunks with a float32 affinity (the fast path, ``precision bf16``)
+  cache-sized chunks with a float32 affinity | + bf16 affinity and softmax (memvos-lite's fast path)
 
-Run it twice to see the allocator's effect (page faults on these VMs):
-``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432 python benchmarks/bench_levers.py`` and without.
+This script does not set up the allocator as the ``memvos`` command does; run it under each to compare:
+``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python benchmarks/bench_levers.py``,
+``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432 python ...`` and with neither.
 
     .venv/bin/python benchmarks/bench_levers.py [--height 480 --width 864] [--threads 2] [--skip-compile]
 """
@@ -19,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import time
 from collections.abc import Callable
 
 import torch
 from bench_backbone import time_ms  # this folder's timing helper (the script's folder is on sys.path)
 
+from memvos.allocator import describe
+from memvos.inference.session import InferenceSession
 from memvos.memory.read import MemoryReader
 from memvos.models.lite import KEY_DIM, VALUE_DIM, LiteMemoryNetwork
 
@@ -46,8 +49,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     h, w = args.height, args.width
-    alloc = os.environ.get("GLIBC_TUNABLES", "") or os.environ.get("LD_PRELOAD", "") or "glibc default"
-    print(f"torch {torch.__version__}, {args.threads} threads, frame {w}x{h}, allocator: {alloc}")
+    print(f"torch {torch.__version__}, {args.threads} threads, frame {w}x{h}, allocator: {describe()}")
 
     model = LiteMemoryNetwork(pretrained_backbone=False).eval()
     x = torch.rand(1, 3, h, w)
@@ -66,8 +68,15 @@ def main() -> None:
         rows.append(("encoder bf16 autocast, NCHW", time_ms(enc_bf16(model, x), args.runs, 2)))
         cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
         rows.append(("encoder bf16 autocast + channels_last", time_ms(enc_bf16(cl, x_cl), args.runs, 2)))
-        fused = copy.deepcopy(model).fuse_for_inference_().to(memory_format=torch.channels_last)
-        rows.append(("  + BatchNorm folded (session default)", time_ms(enc_bf16(fused, x_cl), args.runs, 2)))
+        folded = copy.deepcopy(model).fuse_for_inference_().to(memory_format=torch.channels_last)
+        for conv in folded.modules():
+            if hasattr(conv, "fuse_activation"):
+                conv.fuse_activation = False  # BN folding alone
+        rows.append(("  + BatchNorm folded", time_ms(enc_bf16(folded, x_cl), args.runs, 2)))
+        fused = InferenceSession(model, precision="bf16").model  # the session's own copy
+        rows.append(
+            ("  + bf16 weights, fused conv+ReLU6 (session)", time_ms(enc_bf16(fused, x_cl), args.runs, 2))
+        )
         if not args.skip_compile:
             import torch._inductor.config as inductor_config
 
@@ -89,6 +98,7 @@ def main() -> None:
         mv = torch.randn(1, VALUE_DIM, m)
         exact = MemoryReader(similarity="l2", exact=True)
         fast = MemoryReader(similarity="l2")
+        fast16 = MemoryReader(similarity="l2", bf16_affinity=True)
         hw = (h // 16, w // 16)
         rows.append(
             (
@@ -106,8 +116,13 @@ def main() -> None:
             with bf16():
                 return fast(mkb, mvb, qkb, hw)
 
+        def fast16_bf16() -> object:
+            with bf16():
+                return fast16(mkb, mvb, qkb, hw)
+
         rows.append(("memory read: reference layout, bf16 autocast", time_ms(exact_bf16, args.runs, 2)))
-        rows.append(("memory read: query-major chunks (session default)", time_ms(fast_bf16, args.runs, 2)))
+        rows.append(("memory read: query-major chunks, fp32 affinity", time_ms(fast_bf16, args.runs, 2)))
+        rows.append(("  + bf16 affinity and softmax (memvos-lite)", time_ms(fast16_bf16, args.runs, 2)))
     width = max(len(name) for name, _ in rows)
     for name, ms in rows:
         print(f"{name:<{width}}  {ms:8.1f} ms")

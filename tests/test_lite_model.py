@@ -86,3 +86,13 @@ def test_bf16_session_masks_match_fp32(lite: LiteMemoryNetwork) -> None:
         runs[precision] = [s.step(f, mask.numpy() if i == 0 else None).probs for i, f in enumerate(frames)]
     for a, b in zip(runs["fp32"], runs["bf16"], strict=True):
         assert (a - b).abs().max() < 0.1
+
+
+def test_default_processing_size_caps_large_videos_at_480p(lite: LiteMemoryNetwork) -> None:
+    session = InferenceSession(lite)
+    assert session.size == LiteMemoryNetwork.default_size == 480
+    assert session._processing_hw(1080, 1920) == (480, 853)
+    assert session._processing_hw(480, 854) == (480, 854)  # DAVIS 480p runs at its own size
+    assert session._processing_hw(240, 427) == (240, 427)  # never upscaled
+    assert InferenceSession(lite, size=0)._processing_hw(1080, 1920) == (1080, 1920)
+    assert InferenceSession(lite, size=288)._processing_hw(480, 854) == (288, 512)

@@ -110,6 +110,9 @@ class LiteMemoryNetwork(MemoryNetwork):
     #: sequences at 240p; car-turn and paragliding at 480p and at --size 288) keep their label against the
     #: float32-affinity read (BENCHMARKS.md).
     bf16_affinity = True
+    #: Frames with a shorter side above 480 px (720p, 1080p, 4K) are processed at 480p, the DAVIS scale
+    #: the model was validated at; 480p and smaller videos run at their own size.
+    default_size = 480
 
     def __init__(self, variant: str = "lite0", pretrained_backbone: bool = True):
         super().__init__()
