@@ -50,7 +50,8 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=["auto", "fp32", "bf16", "fp16"],
         default="auto",
-        help="fp32 = exact and deterministic; bf16 = fast on CPUs with AMX (default auto)",
+        help="fp32 = exact and deterministic; bf16 = fast on CPUs with native bf16, AVX512-BF16 or AMX "
+        "(default auto: bf16 there, fp16 on CUDA, else fp32)",
     )
     g.add_argument(
         "--compile",
@@ -64,7 +65,8 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="process frames downscaled to at most this shorter side in pixels, masks upsampled back "
-        "to the original size (0 = original size; default: the model's, see README)",
+        "to the original size (0 = original size; default: the model's: memvos-lite caps the shorter side at "
+        "480, stm-r50 keeps the original size; 288 is the real-time setting at 480p)",
     )
 
 

@@ -109,8 +109,8 @@ class InferenceSession:
         top_k: keep only the top-k memory positions per query position (None: all).
         mem_every: every N-th frame becomes a permanent memory entry (default: the model's, 5 for STM).
         max_memory_frames: memory capacity in frames (default: the model's); None = unbounded.
-        precision: "fp32" (exact, deterministic), "bf16" (autocast + channels_last; fast on AMX CPUs),
-            "fp16" (CUDA autocast) or "auto".
+        precision: "fp32" (exact, deterministic), "bf16" (autocast + channels_last; fast on CPUs with
+            native bf16), "fp16" (CUDA autocast) or "auto".
         device: "cpu", "cuda", "cuda:N" or "auto".
         size: process frames downscaled so that their shorter side is at most ``size`` pixels (smaller
             frames are not upscaled; None or 0: original size; default: the model's ``default_size``).

@@ -51,6 +51,7 @@ def conv_act(conv: nn.Conv2d, x: Tensor, act: Literal["relu", "relu6"] = "relu")
     EfficientNet-Lite expand/depthwise convs in bf16; bit-identical outputs)."""
     if (
         getattr(conv, "fuse_activation", False)
+        and not torch.compiler.is_compiling()  # under torch.compile inductor fuses conv + activation itself
         and x.device.type == "cpu"
         and not torch.is_grad_enabled()
         and pointwise_conv_available()

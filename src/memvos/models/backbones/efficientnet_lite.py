@@ -146,8 +146,8 @@ class Conv2dSame(nn.Conv2d):
         """Zero-pad (top, bottom, left, right). In inference mode the padded tensor is a per-thread buffer
         whose zero border is written once and reused (a fresh ``F.pad`` fills the whole tensor each call)."""
         pt, pb, pl, pr = pads
-        if not torch.is_inference_mode_enabled():
-            return F.pad(x, (pl, pr, pt, pb))
+        if torch.compiler.is_compiling() or not torch.is_inference_mode_enabled():
+            return F.pad(x, (pl, pr, pt, pb))  # (compiled graphs pad in place of a buffer themselves)
         b, c, h, w = x.shape
         channels_last = x.is_contiguous(memory_format=torch.channels_last)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
