@@ -5,7 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.mmap_threshold=33554432}
 clip=examples/horse-and-coin
 .venv/bin/memvos segment "$clip/frames" --mask "$clip/mask.png" --out out/demo/horse-and-coin \
     --overlay out/demo/horse-and-coin.mp4 "$@"

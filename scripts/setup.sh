@@ -22,4 +22,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 # tcmalloc: the memvos command preloads it for itself (src/memvos.allocator.py); up to 1.5x faster here.
 bash scripts/apt_install.sh libtcmalloc-minimal4 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
-    "memvos then runs on glibc malloc with a tunable, somewhat slower"
+    "memvos then runs on glibc malloc, about 1.2x slower"

@@ -21,10 +21,12 @@ def test_auto_prefers_tcmalloc_and_keeps_other_preloads() -> None:
     assert "GLIBC_TUNABLES" not in env
 
 
-def test_auto_without_tcmalloc_sets_the_glibc_tunable_unless_the_user_did() -> None:
-    env = allocator_env({}, None, platform="linux")
+def test_auto_without_tcmalloc_leaves_glibc_and_glibc_sets_the_tunable_unless_the_user_did() -> None:
+    assert allocator_env({}, None, platform="linux") is None
+    env = allocator_env({"MEMVOS_ALLOCATOR": "glibc"}, None, platform="linux")
     assert env is not None and env["GLIBC_TUNABLES"] == GLIBC_TUNABLE
-    assert allocator_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}, None, platform="linux") is None
+    mine = {"MEMVOS_ALLOCATOR": "glibc", "GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}
+    assert allocator_env(mine, None, platform="linux") is None
     env = allocator_env({"MEMVOS_ALLOCATOR": "glibc"}, TC, platform="linux")
     assert env is not None and "LD_PRELOAD" not in env and env["GLIBC_TUNABLES"] == GLIBC_TUNABLE
 
