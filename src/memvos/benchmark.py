@@ -37,7 +37,7 @@ from memvos.allocator import describe as describe_allocator
 from memvos.errors import InputError
 from memvos.inference.session import InferenceSession, cpu_supports_bf16
 from memvos.inference.video import StageTimes, propagate_video
-from memvos.io.frames import FrameSource
+from memvos.io.frames import FrameSource, decode_image_bytes
 from memvos.io.writers import MaskWriter
 
 __all__ = [
@@ -194,9 +194,8 @@ class SyntheticVideo(FrameSource):
             buf = io.BytesIO()
             Image.fromarray(rgb).save(buf, format="JPEG", quality=self.jpeg_quality)
             c1 = time.thread_time()
-            buf.seek(0)
-            with Image.open(buf) as im:
-                frame = np.asarray(im.convert("RGB"))
+            frame = decode_image_bytes(np.frombuffer(buf.getbuffer(), dtype=np.uint8))
+            assert frame is not None, "OpenCV could not decode a JPEG written by Pillow"
             c2 = time.thread_time()
             if self.timer is not None:
                 self.timer.add("synthesis", c1 - c0)

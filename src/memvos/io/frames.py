@@ -158,6 +158,14 @@ class _ArraySource(FrameSource):
         yield from zip(self.names, self.frames, strict=True)
 
 
+def decode_image_bytes(data: np.ndarray) -> np.ndarray | None:
+    """(H, W, 3) uint8 RGB of an encoded image held in a uint8 array, with OpenCV; None if it cannot."""
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    if bgr is None or bgr.dtype != np.uint8 or bgr.ndim != 3:
+        return None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def decode_image_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an image file, EXIF orientation ignored (as masks are read).
 
@@ -168,9 +176,9 @@ def decode_image_rgb(path: Path) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)  # also for non-ASCII paths, unlike cv2.imread
     except OSError as exc:
         raise InputError(f"cannot read frame {path}: {exc}") from exc
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
-    if bgr is not None and bgr.dtype == np.uint8 and bgr.ndim == 3:
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    rgb = decode_image_bytes(data)
+    if rgb is not None:
+        return rgb
     try:
         with Image.open(path) as im:
             im.load()
