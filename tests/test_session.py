@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from memvos.errors import InputError
 from memvos.inference import session as session_module
-from memvos.inference.aggregation import soft_aggregate
+from memvos.inference.aggregation import labels_from_probs, soft_aggregate
 from memvos.inference.padding import compute_pad, pad_to_multiple, unpad
 from memvos.inference.session import InferenceSession
 from memvos.memory.bank import MemoryBank, MemoryEntry
@@ -127,6 +127,22 @@ def naive_soft_aggregate(p: np.ndarray, eps: float = 1e-7) -> np.ndarray:
             e = [math.exp(v - mx) for v in logit]
             out[:, y, x] = [v / sum(e) for v in e]
     return out
+
+
+@pytest.mark.parametrize("channels", [1, 2, 5, 40])
+def test_labels_from_probs_is_argmax_first_maximum_with_ids(channels: int) -> None:
+    g = torch.Generator().manual_seed(channels)
+    probs = torch.softmax(torch.randn(channels, 9, 11, generator=g) * 3, dim=0)
+    probs[:, :3, :3] = 1.0 / channels  # exact ties: the first channel wins, as with argmax
+    probs[1:, 4, 4] = probs[0, 4, 4] = 0.5 if channels > 1 else 1.0
+    ids = [3 * k + 2 for k in range(channels - 1)]  # non-contiguous ids
+    want = torch.tensor([0, *ids], dtype=torch.int32)[probs.argmax(dim=0)]
+    got = labels_from_probs(probs, ids)
+    assert got.dtype == torch.int32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert (got[:3, :3] == 0).all()
+    with pytest.raises(ValueError):
+        labels_from_probs(probs, ids + [99])
 
 
 def test_soft_aggregate_matches_reference_formula() -> None:

@@ -24,3 +24,26 @@ def soft_aggregate(prob: Tensor, eps: float = AGGREGATION_EPS, dim: int = 0) -> 
     em = torch.cat([bg, prob], dim=dim).clamp(eps, 1 - eps)
     logits = torch.log(em / (1 - em))
     return torch.softmax(logits, dim=dim)
+
+
+#: Up to this many channels :func:`labels_from_probs` scans them one by one: 1.2-2x faster than
+#: ``max(dim=0)`` (a strided reduction) for 2-17 channels of 480 x 854; above, ``max(dim=0)``.
+SCAN_MAX_CHANNELS = 32
+
+
+def labels_from_probs(probs: Tensor, ids: list[int]) -> Tensor:
+    """(N + 1, H, W) probabilities (channel 0 background) -> (H, W) int32 ids, 0 = background.
+
+    The first maximum wins on ties, like ``argmax``. ``ids[k]`` is the id of channel ``k + 1``.
+    """
+    if len(ids) + 1 != probs.shape[0]:
+        raise ValueError(f"{probs.shape[0]} channels for {len(ids)} ids")
+    if probs.shape[0] > SCAN_MAX_CHANNELS:
+        lut = torch.tensor([0, *ids], dtype=torch.int32, device=probs.device)
+        return lut[probs.max(dim=0).indices]
+    best = probs[0].clone()
+    labels = torch.zeros(probs.shape[1:], dtype=torch.int32, device=probs.device)
+    for channel, oid in enumerate(ids, start=1):
+        labels.masked_fill_(probs[channel] > best, oid)  # strictly greater: earlier channels win ties
+        torch.maximum(best, probs[channel], out=best)
+    return labels

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from memvos.errors import InputError
-from memvos.inference.aggregation import soft_aggregate
+from memvos.inference.aggregation import labels_from_probs, soft_aggregate
 from memvos.inference.objects import ObjectManager
 from memvos.inference.padding import pad_to_multiple, unpad
 from memvos.memory.bank import MemoryBank, MemoryEntry
@@ -294,10 +294,8 @@ class InferenceSession:
         probs = self._to_output(obj_probs, None if annotated else background, (h, w))
         if annotated:  # given pixels are exact at full resolution whatever the processing size
             probs = self._apply_given(probs, mask, ids, given_ids)
-        # max(dim=0).indices: the first maximum like argmax, ~20x faster on CPU for (N+1, H, W)
-        labels_idx = probs.max(dim=0).indices.cpu().numpy()
-        lut = np.array([0, *ids], dtype=np.int64)
-        result = StepResult(self.index, lut[labels_idx].astype(np.int32), probs.cpu(), ids)
+        labels = labels_from_probs(probs, ids).cpu().numpy()
+        result = StepResult(self.index, labels, probs.cpu(), ids)
         self.index += 1
         return result
 
