@@ -75,6 +75,14 @@ def conv_act(conv: nn.Conv2d, x: Tensor, act: Literal["relu", "relu6"] = "relu")
     return F.relu(y) if act == "relu" else F.hardtanh(y, 0.0, 6.0)
 
 
+def conv_bn_act(conv: nn.Conv2d, bn: nn.Module, x: Tensor, act: Literal["relu", "relu6"] = "relu") -> Tensor:
+    """``act(bn(conv(x)))``; once the BN is folded into the conv (``nn.Identity``), :func:`conv_act`."""
+    if isinstance(bn, nn.Identity):
+        return conv_act(conv, x, act)
+    y = bn(conv(x))  # a fresh tensor: the activation runs in place, as nn.ReLU(inplace=True) did
+    return F.relu(y, inplace=True) if act == "relu" else F.hardtanh(y, 0.0, 6.0, inplace=True)
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block: x + conv2(relu(conv1(relu(x)))); 3x3 convs with bias."""
 

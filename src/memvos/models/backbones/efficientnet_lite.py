@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memvos.errors import WeightsError
-from memvos.models.modules import conv_act, enable_fused_activations_, fuse_conv_bn_
+from memvos.models.modules import conv_bn_act, enable_fused_activations_, fuse_conv_bn_
 
 log = logging.getLogger(__name__)
 
@@ -191,23 +191,16 @@ class MBConvBlock(nn.Module):
         self._bn1 = _bn(mid)
         self._project_conv = Conv2dSame(mid, out_ch, 1)
         self._bn2 = _bn(out_ch)
-        self._act = nn.ReLU6(inplace=True)
         self.stride = stride
         self.has_skip = stride == 1 and in_ch == out_ch
         self.drop_path_rate = drop_path_rate
-        self.bn_folded = False  # set by EfficientNetLite.fuse_bn_
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) -> (B, C_out, ceil(H / stride), ceil(W / stride))."""
         y = x
-        if self.bn_folded:  # inference copy: conv + ReLU6 as one kernel where possible
-            if self.has_expand:
-                y = conv_act(self._expand_conv, y, "relu6")
-            y = conv_act(self._depthwise_conv, y, "relu6")
-        else:
-            if self.has_expand:
-                y = self._act(self._bn0(self._expand_conv(y)))
-            y = self._act(self._bn1(self._depthwise_conv(y)))
+        if self.has_expand:
+            y = conv_bn_act(self._expand_conv, self._bn0, y, "relu6")
+        y = conv_bn_act(self._depthwise_conv, self._bn1, y, "relu6")
         y = self._bn2(self._project_conv(y))
         if self.has_skip:
             if self.training:
@@ -263,7 +256,6 @@ class EfficientNetLite(nn.Module):
         self.num_classes = num_classes
         self.max_stride = max_stride
 
-        self.bn_folded = False  # set by fuse_bn_
         self._conv_stem = Conv2dSame(3, STEM_CHANNELS, 3, stride=2)
         self._bn0 = _bn(STEM_CHANNELS)
         self._act = nn.ReLU6(inplace=True)
@@ -326,9 +318,6 @@ class EfficientNetLite(nn.Module):
             if isinstance(bn, nn.BatchNorm2d):
                 fuse_conv_bn_(getattr(owner, conv_name), bn)
                 setattr(owner, bn_name, nn.Identity())
-        for block in self._blocks:
-            block.bn_folded = True
-        self.bn_folded = True
         enable_fused_activations_(self)
         return self
 
@@ -339,10 +328,7 @@ class EfficientNetLite(nn.Module):
         running at that stride.
         """
         x = (x - INPUT_MEAN) / INPUT_STD
-        if self.bn_folded:
-            x = conv_act(self._conv_stem, x, "relu6")
-        else:
-            x = self._act(self._bn0(self._conv_stem(x)))
+        x = conv_bn_act(self._conv_stem, self._bn0, x, "relu6")
         feats: dict[int, Tensor] = {}
         for i, block in enumerate(self._blocks):
             x = block(x)

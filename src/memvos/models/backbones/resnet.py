@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from memvos.models.modules import conv_act, enable_fused_activations_, fuse_conv_bn_
+from memvos.models.modules import conv_bn_act, enable_fused_activations_, fuse_conv_bn_
 
 
 class Bottleneck(nn.Module):
@@ -25,7 +25,6 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
-        self.bn_folded = False  # set by fuse_bn_
         self.downsample = downsample
 
     def fuse_bn_(self) -> None:
@@ -38,16 +37,12 @@ class Bottleneck(nn.Module):
         if self.downsample is not None and isinstance(self.downsample[1], nn.BatchNorm2d):
             fuse_conv_bn_(self.downsample[0], self.downsample[1])
             self.downsample[1] = nn.Identity()
-        self.bn_folded = True
         enable_fused_activations_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        if self.bn_folded:  # inference copy: conv + ReLU as one kernel
-            out = conv_act(self.conv2, conv_act(self.conv1, x))
-        else:
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.relu(self.bn2(self.conv2(out)))
+        out = conv_bn_act(self.conv1, self.bn1, x)
+        out = conv_bn_act(self.conv2, self.bn2, out)
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
 
