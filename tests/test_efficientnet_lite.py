@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import math
 import sys
@@ -182,7 +183,8 @@ def test_conv2d_same_matches_tf_semantics(kernel: int, stride: int, dilation: in
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_conv2d_same_inference_pad_buffer_is_reused_and_stays_exact(channels_last: bool) -> None:
     """In inference mode the asymmetric padding goes through a reused buffer: same outputs as F.pad, for
-    successive inputs (the zero border is never overwritten), and one buffer per shape."""
+    successive inputs (the zero border is never overwritten); one buffer per module (the last shape's),
+    reused for equal shapes and freed with the module."""
     torch.manual_seed(0)
     conv = Conv2dSame(4, 4, 3, stride=2, groups=4)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -190,8 +192,21 @@ def test_conv2d_same_inference_pad_buffer_is_reused_and_stays_exact(channels_las
         for h, w in [(8, 10), (8, 10), (12, 6), (8, 10)]:
             x = torch.randn(1, 4, h, w).contiguous(memory_format=fmt) * 5 + 3  # non-zero everywhere
             torch.testing.assert_close(conv(x), _reference_same_conv(conv, x))
-    mine = {k for k in vars(efficientnet_lite_module._PAD_BUFFERS)["buffers"] if k[0] == id(conv)}
-    assert len(mine) == 2  # (8, 10) and (12, 6)
+    buffers = vars(efficientnet_lite_module._PAD_BUFFERS)["buffers"]
+    key, buf = buffers[conv]
+    assert key[:4] == (1, 4, 8, 10) and buf.shape == (1, 4, 9, 11)
+    with torch.inference_mode():
+        x = torch.randn(1, 4, 8, 10).contiguous(memory_format=fmt)
+        conv(x)
+    assert buffers[conv][1] is buf  # same shape: the same buffer, no new allocation
+    n = len(buffers)
+    probe = Conv2dSame(4, 4, 3, stride=2, groups=4)
+    with torch.inference_mode():
+        probe(x)
+    assert len(buffers) == n + 1
+    del probe
+    gc.collect()
+    assert len(buffers) == n  # a discarded module (e.g. a session's model copy) takes its buffer along
     x = torch.randn(1, 4, 8, 10, requires_grad=True)  # outside inference mode: plain F.pad, autograd works
     conv(x).sum().backward()
     assert x.grad is not None

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,7 +145,8 @@ class Conv2dSame(nn.Conv2d):
 
     def _pad(self, x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
         """Zero-pad (top, bottom, left, right). In inference mode the padded tensor is a per-thread buffer
-        whose zero border is written once and reused (a fresh ``F.pad`` fills the whole tensor each call)."""
+        whose zero border is written once and reused while the input shape stays the same (a fresh
+        ``F.pad`` fills the whole tensor each call)."""
         pt, pb, pl, pr = pads
         if torch.compiler.is_compiling() or not torch.is_inference_mode_enabled():
             return F.pad(x, (pl, pr, pt, pb))  # (compiled graphs pad in place of a buffer themselves)
@@ -152,12 +154,13 @@ class Conv2dSame(nn.Conv2d):
         channels_last = x.is_contiguous(memory_format=torch.channels_last)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         key = (b, c, h, w, x.dtype, x.device, fmt, pads)
-        cache = _PAD_BUFFERS.__dict__.setdefault("buffers", {})
-        buf = cache.get((id(self), key))
-        if buf is None:
+        # one buffer per module and thread (a video keeps its frame size), freed with the module
+        cache = _PAD_BUFFERS.__dict__.setdefault("buffers", weakref.WeakKeyDictionary())
+        cached_key, buf = cache.get(self, (None, None))
+        if cached_key != key or buf is None:
             buf = torch.zeros((b, c, h + pt + pb, w + pl + pr), dtype=x.dtype, device=x.device)
             buf = buf.contiguous(memory_format=fmt)
-            cache[(id(self), key)] = buf
+            cache[self] = (key, buf)
         buf[:, :, pt : pt + h, pl : pl + w].copy_(x)
         return buf
 
