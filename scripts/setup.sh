@@ -20,6 +20,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q -c constraints.txt -e "$spec" >&2
     echo "$want" > "$stamp"
 fi
-# tcmalloc: the memvos command preloads it for itself (src/memvos.allocator.py); up to 1.5x faster here.
+# tcmalloc: the memvos command preloads it for itself (src/memvos/allocator.py); 1.05-1.4x faster here.
 bash scripts/apt_install.sh libtcmalloc-minimal4 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
     "memvos then runs on glibc malloc, about 1.2x slower"

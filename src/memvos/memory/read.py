@@ -146,10 +146,10 @@ class MemoryReader:
             STM amplifies 1e-6 differences to 0.3 in 13 frames). Otherwise (default) query-major chunks
             with a float32 affinity and softmax: the same maths, 2-3x faster on CPU.
         exact_chunk_elements: affinity elements per chunk of the exact path.
-        bf16_affinity: on the fast path with bf16 values, compute the affinity GEMM in bf16 too (then the
-            softmax in float32): 2.4x faster GEMMs on AVX512-BF16, but affinities of large keys are rounded
-            (steps of 1 at |k|^2 ~ 150). Off by default; a model turns it on where its trained keys were
-            checked (see ``MemoryNetwork.bf16_affinity``).
+        bf16_affinity: on the fast path with bf16 values, compute the affinity GEMM in bf16 too (the STM
+            softmax then takes bf16 in and out, accumulating in float32): 2.4x faster GEMMs on
+            AVX512-BF16, but affinities of large keys are rounded (steps of 1 at |k|^2 ~ 150). Off by
+            default; a model turns it on where its trained keys were checked (MemoryNetwork.bf16_affinity).
     """
 
     kind: ReadKind = "stm"
@@ -209,8 +209,8 @@ class MemoryReader:
                 w = read_weights(aff, self.kind, kernel=kernel, top_k=self.top_k).to(mem_value.dtype)
                 out[:, :, sl] = torch.bmm(mem_value, w) if w.shape[0] == n else torch.matmul(mem_value, w[0])
             return out
-        # Softmax in float32 whatever the autocast; the affinity in bf16 when the values are bf16 (see
-        # ``bf16_affinity``), else float32; the weighted sum of values runs in the values' dtype.
+        # The affinity in bf16 when the values are bf16 (see ``bf16_affinity``), else float32; the softmax
+        # accumulates in float32 (see read_weights); the weighted sum of values runs in the values' dtype.
         adt = torch.bfloat16 if self.bf16_affinity and mem_value.dtype == torch.bfloat16 else torch.float32
         with torch.autocast(mem_key.device.type, enabled=False):
             mem_key, query_key = mem_key.to(adt), query_key.to(adt)
