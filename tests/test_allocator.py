@@ -67,8 +67,6 @@ def test_the_command_reexecutes_once_with_the_allocator() -> None:
     """``python -m memvos`` really re-executes: the child logs the allocator it runs with."""
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES", ENV_DONE)}
     env["MEMVOS_ALLOCATOR"] = "glibc"  # works whether or not tcmalloc is installed
-    out = subprocess.run(
-        [sys.executable, "-m", "memvos", "-v"], env=env, capture_output=True, text=True
-    )
+    out = subprocess.run([sys.executable, "-m", "memvos", "-v"], env=env, capture_output=True, text=True)
     assert out.returncode == 2, out.stderr  # no command: usage, after the debug line
     assert f"allocator: glibc malloc ({GLIBC_TUNABLE})" in out.stderr

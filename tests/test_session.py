@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from memvos.errors import InputError
 from memvos.inference import session as session_module
-from memvos.inference.aggregation import labels_from_probs, soft_aggregate
+from memvos.inference.aggregation import labels_from_chunks, labels_from_probs, soft_aggregate
 from memvos.inference.padding import compute_pad, pad_to_multiple, unpad
 from memvos.inference.session import InferenceSession
 from memvos.memory.bank import MemoryBank, MemoryEntry
@@ -143,6 +143,22 @@ def test_labels_from_probs_is_argmax_first_maximum_with_ids(channels: int) -> No
     assert (got[:3, :3] == 0).all()
     with pytest.raises(ValueError):
         labels_from_probs(probs, ids + [99])
+
+
+@pytest.mark.parametrize("split", [[1, 1, 1, 1, 1, 35], [40], [3, 34, 3], [7, 7, 7, 7, 7, 5]])
+def test_labels_from_chunks_equals_argmax_of_the_stacked_channels(split: list[int]) -> None:
+    g = torch.Generator().manual_seed(len(split))
+    probs = torch.softmax(torch.randn(40, 9, 11, generator=g) * 3, dim=0)
+    probs[:, :3, :3] = 1.0 / 40  # ties across chunk boundaries: the first channel still wins
+    probs[:, 5, 5] = 0.0
+    probs[[6, 20, 39], 5, 5] = 0.3  # a tie between channels of different chunks
+    ids = [2 * k + 1 for k in range(39)]
+    want = torch.tensor([0, *ids], dtype=torch.int32)[probs.argmax(dim=0)]
+    got = labels_from_chunks(iter(probs.split(split)), ids)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert got[5, 5] == ids[5]
+    with pytest.raises(ValueError):
+        labels_from_chunks(iter(probs[:-1].split(split[:-1] + [split[-1] - 1])), ids)
 
 
 def test_soft_aggregate_matches_reference_formula() -> None:
@@ -563,6 +579,22 @@ def test_processing_size_returns_full_size_labels(clip) -> None:
     b = list(run(make_session(), frames[:3], {0: labels[0]}))
     for ra, rb in zip(a, b, strict=True):
         assert torch.equal(ra.probs, rb.probs)
+
+
+def test_downscaled_many_objects_labels_by_channel_chunks_equal_one_upsampling(clip, monkeypatch) -> None:
+    frames, _ = clip
+    mask = np.zeros((H, W), np.int32)
+    for k in range(12):  # 12 objects on a 3 x 4 grid
+        y, x = divmod(k, 4)
+        mask[4 + 20 * y : 18 + 20 * y, 4 + 24 * x : 22 + 24 * x] = k + 1
+    whole = list(run(make_session(size=32), frames[:4], {0: mask}))
+    monkeypatch.setattr(session_module, "LABEL_CHUNK_ELEMENTS", 5 * H * W)  # 5-channel chunks
+    chunked = list(run(make_session(size=32), frames[:4], {0: mask}))
+    assert chunked[1]._probs is None  # not upsampled until asked for
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert torch.equal(a.probs, b.probs) and b.probs.shape == (13, H, W)
+        np.testing.assert_array_equal(b.labels, b.probs.argmax(0).numpy())  # ids are 1..12 here
 
 
 def test_odd_frame_size_is_padded_and_cropped(clip) -> None:

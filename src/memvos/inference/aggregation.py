@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor
 
@@ -38,12 +40,45 @@ def labels_from_probs(probs: Tensor, ids: list[int]) -> Tensor:
     """
     if len(ids) + 1 != probs.shape[0]:
         raise ValueError(f"{probs.shape[0]} channels for {len(ids)} ids")
-    if probs.shape[0] > SCAN_MAX_CHANNELS:
-        lut = torch.tensor([0, *ids], dtype=torch.int32, device=probs.device)
-        return lut[probs.max(dim=0).indices]
-    best = probs[0].clone()
-    labels = torch.zeros(probs.shape[1:], dtype=torch.int32, device=probs.device)
-    for channel, oid in enumerate(ids, start=1):
-        labels.masked_fill_(probs[channel] > best, oid)  # strictly greater: earlier channels win ties
-        torch.maximum(best, probs[channel], out=best)
+    return labels_from_chunks([probs], ids)
+
+
+def labels_from_chunks(chunks: Iterable[Tensor], ids: list[int]) -> Tensor:
+    """:func:`labels_from_probs` of probabilities given as consecutive channel chunks.
+
+    Args:
+        chunks: (c_i, H, W) tensors that stacked in order are the (N + 1, H, W) probabilities (channel 0
+            background). Each may be computed when asked for (a generator), so that only one chunk of a
+            many-object, high-resolution frame exists at a time.
+        ids: ``ids[k]`` is the id of channel ``k + 1``.
+    Returns:
+        (H, W) int32 ids; identical to ``argmax`` over the stacked channels (first maximum on ties).
+    """
+    lut = torch.tensor([0, *ids], dtype=torch.int32)
+    best: Tensor | None = None
+    labels: Tensor | None = None
+    start = 0
+    for chunk in chunks:
+        if chunk.shape[0] > SCAN_MAX_CHANNELS:
+            values, index = chunk.max(dim=0)  # first maximum within the chunk
+            candidates = [(values, lut.to(chunk.device)[index + start])]
+        else:
+            candidates = [(chunk[c], int(lut[start + c])) for c in range(chunk.shape[0])]
+        for values, label in candidates:
+            if best is None:
+                best = values.clone()
+                if isinstance(label, Tensor):
+                    labels = label.clone()
+                else:
+                    labels = torch.full(values.shape, label, dtype=torch.int32, device=values.device)
+                continue
+            better = values > best  # strictly greater: earlier channels win ties
+            if isinstance(label, Tensor):
+                labels = torch.where(better, label, labels)
+            else:
+                labels.masked_fill_(better, label)
+            torch.maximum(best, values, out=best)
+        start += chunk.shape[0]
+    if labels is None or start != len(ids) + 1:
+        raise ValueError(f"{start} channels for {len(ids)} ids")
     return labels

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from memvos.errors import InputError
-from memvos.inference.aggregation import labels_from_probs, soft_aggregate
+from memvos.inference.aggregation import labels_from_chunks, labels_from_probs, soft_aggregate
 from memvos.inference.objects import ObjectManager
 from memvos.inference.padding import pad_to_multiple, unpad
 from memvos.memory.bank import MemoryBank, MemoryEntry
@@ -70,21 +70,54 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
-@dataclass
+#: Float32 elements of the full-resolution probabilities upsampled at once when labels are computed from
+#: downscaled processing (channel chunks of 32 MiB): a 44-object 1080p frame would otherwise hold 45
+#: full-size channels (373 MB) only to take their argmax.
+LABEL_CHUNK_ELEMENTS = 1 << 23
+
+
 class StepResult:
     """Output of one :meth:`InferenceSession.step`.
 
     Attributes:
         index: frame index in the session (0-based).
         labels: (H, W) int32 object ids (0 = background).
-        probs: (N + 1, H, W) float32 probabilities, channel 0 background, then ``object_ids`` in order.
+        probs: (N + 1, H, W) float32 probabilities on the CPU, channel 0 background, then ``object_ids`` in
+            order. When the frame was processed downscaled and is not in one chunk, they are upsampled
+            when first read (the labels never need them all at once).
         object_ids: ids of the probability channels 1..N.
     """
 
-    index: int
-    labels: np.ndarray
-    probs: Tensor
-    object_ids: list[int]
+    def __init__(
+        self,
+        index: int,
+        labels: np.ndarray,
+        probs: Tensor | None,
+        object_ids: list[int],
+        *,
+        low_res_probs: Tensor | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        """``probs``, or ``low_res_probs`` (N + 1, h', w') at the processing size with the output ``size``."""
+        if probs is None and (low_res_probs is None or size is None):
+            raise ValueError("StepResult needs probs, or low_res_probs and size")
+        self.index = index
+        self.labels = labels
+        self.object_ids = object_ids
+        self._probs = probs
+        self._low_res_probs = low_res_probs
+        self._size = size
+
+    @property
+    def probs(self) -> Tensor:
+        if self._probs is None:
+            self._probs = resize_probs(self._low_res_probs, self._size).cpu()
+            self._low_res_probs = None
+        return self._probs
+
+    def __repr__(self) -> str:
+        h, w = self.labels.shape
+        return f"StepResult(index={self.index}, labels={w}x{h}, object_ids={self.object_ids})"
 
 
 @dataclass
@@ -277,7 +310,7 @@ class InferenceSession:
         if annotated:
             given = torch.from_numpy(mask.astype(np.int64)).to(self.device)
             given_onehot = torch.stack([given == o for o in ids]).float()  # (N, H, W)
-            given_onehot = self._resize_probs(given_onehot, proc_hw)
+            given_onehot = resize_probs(given_onehot, proc_hw)
             given_any = given_onehot.sum(0).clamp(max=1)
             listed = torch.tensor([o in given_ids for o in ids], device=self.device)
             # Listed objects take the user's mask; unlisted ones keep their prediction where the user
@@ -291,11 +324,20 @@ class InferenceSession:
             if kind is not None:
                 self._pending = _Pending(self.index, kind, padded, query, obj_probs, tuple(ids))
 
-        probs = self._to_output(obj_probs, None if annotated else background, (h, w))
-        if annotated:  # given pixels are exact at full resolution whatever the processing size
-            probs = self._apply_given(probs, mask, ids, given_ids)
-        labels = labels_from_probs(probs, ids).cpu().numpy()
-        result = StepResult(self.index, labels, probs.cpu(), ids)
+        if background is None or annotated:
+            background = (1 - obj_probs.sum(0, keepdim=True)).clamp(min=0)
+        low = torch.cat([background, obj_probs], dim=0)  # (N + 1, h', w')
+        chunk = max(1, LABEL_CHUNK_ELEMENTS // (h * w))
+        if annotated or tuple(proc_hw) == (h, w) or chunk >= len(low):
+            probs = resize_probs(low, (h, w))
+            if annotated:  # given pixels are exact at full resolution whatever the processing size
+                probs = self._apply_given(probs, mask, ids, given_ids)
+            labels = labels_from_probs(probs, ids).cpu().numpy()
+            result = StepResult(self.index, labels, probs.cpu(), ids)
+        else:  # many objects, downscaled: full-size probabilities one channel chunk at a time
+            chunks = (resize_probs(low[s : s + chunk], (h, w)) for s in range(0, len(low), chunk))
+            labels = labels_from_chunks(chunks, ids).cpu().numpy()
+            result = StepResult(self.index, labels, None, ids, low_res_probs=low, size=(h, w))
         self.index += 1
         return result
 
@@ -373,17 +415,6 @@ class InferenceSession:
             frame = F.interpolate(frame, size=(ph, pw), mode="bilinear", align_corners=False, antialias=True)
         return frame.float().div_(255.0) if frame.dtype == torch.uint8 else frame
 
-    def _resize_probs(self, probs: Tensor, hw: tuple[int, int]) -> Tensor:
-        if tuple(probs.shape[-2:]) == tuple(hw):
-            return probs
-        return F.interpolate(probs[None], size=hw, mode="bilinear", align_corners=False)[0]
-
-    def _to_output(self, obj_probs: Tensor, background: Tensor | None, hw: tuple[int, int]) -> Tensor:
-        """(N, h', w') object probabilities (+ (1, h', w') background) -> (N+1, H, W) at the original size."""
-        if background is None:
-            background = (1 - obj_probs.sum(0, keepdim=True)).clamp(min=0)
-        return self._resize_probs(torch.cat([background, obj_probs], dim=0), hw)
-
     def _apply_given(self, probs: Tensor, mask: np.ndarray, ids: list[int], given_ids: list[int]) -> Tensor:
         given = torch.from_numpy(mask.astype(np.int64)).to(probs.device)
         for oid in given_ids:
@@ -409,6 +440,13 @@ class InferenceSession:
             others = _others(masks)
             key, value = self.model.encode_memory(p.image, p.query, masks, others)
         self.memory.add(MemoryEntry(p.index, p.kind, key, value, p.object_ids))
+
+
+def resize_probs(probs: Tensor, hw: tuple[int, int]) -> Tensor:
+    """(C, h', w') -> (C, H, W) bilinear (each channel on its own: a chunk of channels resizes alike)."""
+    if tuple(probs.shape[-2:]) == tuple(hw):
+        return probs
+    return F.interpolate(probs[None], size=hw, mode="bilinear", align_corners=False)[0]
 
 
 def _others(masks: Tensor) -> Tensor:
