@@ -309,6 +309,7 @@ def _session_settings(session: InferenceSession) -> dict[str, object]:
         "mem_every": session.policy.mem_every,
         "max_memory_frames": session.policy.max_frames,
         "size": session.size,
+        "flush_denormals": session.flush_denormals,
     }
 
 
@@ -431,7 +432,8 @@ def format_report(report: Mapping[str, object]) -> str:
         f"model {s.get('model', '?')}  {s['width']}x{s['height']}"
         + (f"  {objects} object(s)" if objects else "")
         + f"  {report['frames']} frames ({s['warmup']} warm-up)"
-        + f"  precision {s['precision']}  device {s['device']}",
+        + f"  precision {s['precision']}  device {s['device']}"
+        + ("  subnormals flushed" if s.get("flush_denormals") else ""),
         f"machine: {m['cpu']}, {m['cores_usable']}/{m['cores']} cores, {m['torch_threads']} torch threads, "
         f"load {m['load_average_1min']}, torch {m['torch']}, {m.get('allocator', '?')}"
         + (f", GPU {m['gpu']}" if m.get("gpu") else ""),

@@ -59,6 +59,13 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
         help="compile the query encoder with torch.compile (about 2x faster encoding after a one-off "
         "compilation; falls back to eager where it fails)",
     )
+    g.add_argument(
+        "--no-flush-denormals",
+        dest="flush_denormals",
+        action="store_false",
+        help="keep IEEE subnormal floats on the CPU (default: flushed to zero on the bf16/fp16 path, about "
+        "1.1x faster at 480p; fp32 never flushes)",
+    )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     g.add_argument(
         "--size",
@@ -96,6 +103,7 @@ def session_from_args(args: argparse.Namespace, model=None):
         precision=args.precision,
         device=args.device,
         compile=args.compile,
+        flush_denormals=None if args.flush_denormals else False,
         **kwargs,
     )
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from memvos.denormals import ensure_flush_denormals
 from memvos.errors import InputError
 from memvos.inference.aggregation import labels_from_chunks, labels_from_probs, soft_aggregate
 from memvos.inference.objects import ObjectManager
@@ -155,6 +156,10 @@ class InferenceSession:
         compile: compile the query encoder with ``torch.compile`` (inductor, frozen weights) on its first
             call: ~2x faster encoding after a one-off compilation of seconds to a minute (cached on disk
             by inductor across runs). Falls back to eager, with a warning, where compilation fails.
+        flush_denormals: run the CPU kernels with subnormal floats flushed to zero (FTZ/DAZ, set on the
+            stepping thread and its torch OpenMP threads, and left set; see :mod:`memvos.denormals`):
+            1.06-1.18x faster steps at 480p (the memory read 1.3x). Default: on for the fast (bf16/fp16) CPU path, off for fp32,
+            which stays bit-exact to the reference.
     """
 
     def __init__(
@@ -171,11 +176,15 @@ class InferenceSession:
         size: int | None | object = _DEFAULT,
         timer: StageTimer | None = None,
         compile: bool = False,
+        flush_denormals: bool | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"unknown precision {precision!r}")
+        if flush_denormals is None:
+            flush_denormals = self.device.type == "cpu" and self.precision != "fp32"
+        self.flush_denormals = flush_denormals
         self.model = model.to(self.device).eval()
         if self.precision != "fp32":
             # A private copy with BatchNorms folded into convs (2x faster encoders in bf16); fp32 stays
@@ -236,6 +245,7 @@ class InferenceSession:
     @torch.inference_mode()
     def remove_object(self, object_id: int) -> None:
         """Stop tracking an object and drop it from memory."""
+        self._prepare_thread()
         with self._autocast():
             self._flush_pending()
         self.objects.remove(object_id)
@@ -256,6 +266,7 @@ class InferenceSession:
         Returns:
             :class:`StepResult` for this frame.
         """
+        self._prepare_thread()
         frame = self._to_tensor(image)
         h, w = frame.shape[-2:]
         if self._frame_hw is None:
@@ -369,6 +380,11 @@ class InferenceSession:
             )
             self.compile = False
             return self.model.encode_query(padded)
+
+    def _prepare_thread(self) -> None:
+        """The CPU float mode this session runs in, on the thread that steps it (see ``flush_denormals``)."""
+        if self.device.type == "cpu":
+            ensure_flush_denormals(self.flush_denormals)
 
     def _time(self, stage: str) -> contextlib.AbstractContextManager:
         """Context timing ``stage`` with the attached timer; a shared no-op without one."""
