@@ -2,6 +2,6 @@
 
 from memvos.errors import InputError, MemvosError, WeightsError
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 __all__ = ["InputError", "MemvosError", "WeightsError", "__version__"]

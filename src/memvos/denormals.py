@@ -2,11 +2,11 @@
 
 The memory read's softmax turns most of its inputs into exp(a - max) values far below 1e-38: subnormal
 floats, which x86 cores compute on a slow path. On the development machine (AMD EPYC, AVX512-BF16) they made
-the 480p memory read of memvos-lite 1.26-1.39x slower once the memory was full and the whole step 1.06-1.18x
-slower (one session, the mode toggled every 10 frames: ``benchmarks/bench_denormals.py``). ``torch.set_flush_denormal(True)`` (the x86 FTZ/DAZ bits) removes that, but
-only on the calling thread, and the softmax runs on every OpenMP thread of torch's pool; this module sets
-it on each of them. The only numerical change: values below 1.2e-38 become 0 (TensorFlow and OpenVINO run
-their CPU kernels this way by default).
+the 480p memory read of memvos-lite 1.26-1.39x slower once the memory was full and the whole step 1.06-1.22x
+slower (one session, the mode toggled every 10 frames: ``benchmarks/bench_denormals.py``).
+``torch.set_flush_denormal(True)`` (the x86 FTZ/DAZ bits) removes that, but only on the calling thread, and
+the softmax runs on every OpenMP thread of torch's pool; this module sets it on each of them. The only
+numerical change: values below 1.2e-38 become 0 (TensorFlow's CPU thread pools run this way by default).
 
 The state is per thread and stays set. Sessions set it again before every step (microseconds): set only
 once, the memory read measured 32.3 instead of 29.9 ms per frame, as if some kernels' threads lost it.

@@ -158,8 +158,8 @@ class InferenceSession:
             by inductor across runs). Falls back to eager, with a warning, where compilation fails.
         flush_denormals: run the CPU kernels with subnormal floats flushed to zero (FTZ/DAZ, set on the
             stepping thread and its torch OpenMP threads, and left set; see :mod:`memvos.denormals`):
-            1.06-1.18x faster steps at 480p (the memory read 1.3x). Default: on for the fast (bf16/fp16) CPU path, off for fp32,
-            which stays bit-exact to the reference.
+            1.06-1.22x faster steps at 480p (the memory read 1.3x). Default: on for the fast (bf16/fp16)
+            CPU path, off for fp32, which stays bit-exact to the reference.
     """
 
     def __init__(
