@@ -152,6 +152,30 @@ def test_validation_scores_held_out_sequences(dataset: Path, tmp_path: Path) -> 
     assert len(list((tmp_path / "val" / "seq1").glob("*.png"))) == 6
 
 
+def test_validation_leaves_no_flush_to_zero_behind_for_training(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memvos import denormals
+    from memvos.training.validate import davis_validator
+
+    from .test_denormals import flushed
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("no FTZ/DAZ on this CPU")
+    model = LiteMemoryNetwork(pretrained_backbone=False).eval()
+    turned_on: list[bool] = []
+    real = denormals.set_flush_denormals
+
+    def spy(on: bool) -> int:
+        turned_on.append(on)
+        return real(on)
+
+    monkeypatch.setattr(denormals, "set_flush_denormals", spy)
+    davis_validator(dataset, ["seq1"], tmp_path / "val", precision="bf16")(model)
+    assert True in turned_on  # the bf16 sessions ran flushed ...
+    assert not flushed().any()  # ... and training resumes in IEEE mode
+
+
 @pytest.mark.slow
 def test_ddp_two_process_cpu_run(dataset: Path, tmp_path: Path) -> None:
     cfg = _config(dataset, iterations=2)

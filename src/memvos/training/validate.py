@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from memvos.denormals import ensure_flush_denormals
 from memvos.evaluation import evaluate
 from memvos.inference.dataset import run_dataset
 from memvos.inference.session import InferenceSession
@@ -26,14 +27,17 @@ def davis_validator(
     def validate(model: MemoryNetwork) -> dict[str, float]:
         if work_dir.exists():
             shutil.rmtree(work_dir)
-        run_dataset(
-            lambda: InferenceSession(model, precision=precision, device=device),
-            root,
-            work_dir,
-            sequences=sequences,
-            resume=False,
-            progress=False,
-        )
+        try:
+            run_dataset(
+                lambda: InferenceSession(model, precision=precision, device=device),
+                root,
+                work_dir,
+                sequences=sequences,
+                resume=False,
+                progress=False,
+            )
+        finally:  # the sessions' flush-to-zero must not carry over into training steps
+            ensure_flush_denormals(False)
         result = evaluate(work_dir, root / "Annotations", sequences, year=year)
         return {k: round(v, 5) for k, v in result.global_row().as_dict().items()}
 
