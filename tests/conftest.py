@@ -12,17 +12,6 @@ from PIL import Image
 # The DAVIS palette's first entries (object colours); the full palette is memvos.io.palette.DAVIS_PALETTE.
 _PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0] * (256 * 3 - 12)
 
-
-@pytest.fixture(autouse=True)
-def _undo_flush_to_zero():
-    """Fast sessions leave flush-to-zero set on the test thread: undo it, so that every test starts in
-    IEEE float mode whatever ran before it (exact fp32 comparisons included)."""
-    yield
-    from memvos.denormals import ensure_flush_denormals
-
-    ensure_flush_denormals(False)
-
-
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 """``../shared`` beside the checkout; real DAVIS data lives in ``SHARED / "data"`` (tests skip without it)."""
 

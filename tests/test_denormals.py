@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
 from memvos import denormals
-from memvos.denormals import ensure_flush_denormals, set_flush_denormals
+from memvos.denormals import flushed_denormals, set_flush_denormals
 
 from .test_session import H, StubNet, W, render_tiny_clip
 
@@ -29,10 +27,8 @@ def flushed(rows: int = ROWS) -> torch.Tensor:
 @pytest.fixture(autouse=True)
 def _plain_float_mode():
     set_flush_denormals(False)
-    denormals._turned_on.clear()
     yield
     set_flush_denormals(False)
-    denormals._turned_on.clear()
 
 
 def test_set_reaches_every_thread_of_the_team_where_torch_alone_reaches_one() -> None:
@@ -50,36 +46,48 @@ def test_set_reaches_every_thread_of_the_team_where_torch_alone_reaches_one() ->
     assert not flushed().any()
 
 
-def test_ensure_off_leaves_a_thread_memvos_never_set_alone() -> None:
-    seen: dict[str, bool] = {}
-
-    def other_thread() -> None:
-        torch.set_flush_denormal(True)  # the user's own choice on this thread
-        ensure_flush_denormals(False)
-        seen["user"] = bool(flushed(8).all())
-        ensure_flush_denormals(True)
-        ensure_flush_denormals(False)  # memvos set it here: now it undoes it
-        seen["undone"] = bool(flushed(8).any())
-
-    t = threading.Thread(target=other_thread)
-    t.start()
-    t.join()
-    assert seen == {"user": True, "undone": False}
+def test_the_scope_flushes_every_thread_and_gives_the_previous_mode_back() -> None:
+    everywhere = denormals._openmp_team_call() is not None
+    with flushed_denormals():
+        assert flushed().all() if everywhere else flushed(8).all()
+    assert not flushed().any()  # IEEE before, IEEE after
+    with flushed_denormals(False):
+        assert not flushed().any()  # off: nothing changed
+    set_flush_denormals(True)  # the caller's own choice ...
+    with flushed_denormals():
+        pass
+    if everywhere:
+        assert flushed().all()  # ... is what it gets back
 
 
-def test_fast_sessions_flush_and_exact_fp32_sessions_do_not() -> None:
+class _RecordingNet(StubNet):
+    """StubNet that records, at each query encoding, whether that step ran flushed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed_in_step: list[bool] = []
+
+    def encode_query(self, image):
+        self.flushed_in_step.append(bool(flushed().all()))
+        return super().encode_query(image)
+
+
+def test_fast_sessions_flush_inside_their_steps_only_and_exact_fp32_sessions_never() -> None:
     from memvos.inference.session import InferenceSession
 
+    if denormals._openmp_team_call() is None:
+        pytest.skip("flush-to-zero reaches only the calling thread here")
     frames, labels = render_tiny_clip(num_frames=3, height=H, width=W, seed=3)
 
-    def step(**kwargs) -> None:
-        s = InferenceSession(StubNet(), **kwargs)
+    def steps(**kwargs) -> list[bool]:
+        s = InferenceSession(_RecordingNet(), **kwargs)
         for t, frame in enumerate(frames):
             s.step(frame, labels[0] if t == 0 else None)
+            assert not flushed().any()  # restored after every step
+        recorded = s.model.flushed_in_step  # the session's (possibly private) copy of the model
+        assert len(recorded) == len(frames) - 1
+        return recorded
 
-    step(precision="bf16", flush_denormals=False)
-    assert not flushed().any()
-    step(precision="bf16")  # default on the fast CPU path
-    assert flushed().all() if denormals._openmp_team_call() is not None else flushed(8).all()
-    step(precision="fp32")  # bit-exact path: back to IEEE subnormals
-    assert not flushed().any()
+    assert steps(precision="bf16") == [True, True]  # default on the fast CPU path
+    assert steps(precision="bf16", flush_denormals=False) == [False, False]
+    assert steps(precision="fp32") == [False, False]  # bit-exact path: IEEE subnormals

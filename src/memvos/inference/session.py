@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from memvos.denormals import ensure_flush_denormals
+from memvos.denormals import flushed_denormals
 from memvos.errors import InputError
 from memvos.inference.aggregation import labels_from_chunks, labels_from_probs, soft_aggregate
 from memvos.inference.objects import ObjectManager
@@ -156,10 +156,10 @@ class InferenceSession:
         compile: compile the query encoder with ``torch.compile`` (inductor, frozen weights) on its first
             call: ~2x faster encoding after a one-off compilation of seconds to a minute (cached on disk
             by inductor across runs). Falls back to eager, with a warning, where compilation fails.
-        flush_denormals: run the CPU kernels with subnormal floats flushed to zero (FTZ/DAZ, set on the
-            stepping thread and its torch OpenMP threads, and left set; see :mod:`memvos.denormals`):
-            1.06-1.22x faster steps at 480p (the memory read 1.3x). Default: on for the fast (bf16/fp16)
-            CPU path, off for fp32, which stays bit-exact to the reference.
+        flush_denormals: run each step's CPU kernels with subnormal floats flushed to zero (FTZ/DAZ, on the
+            stepping thread and its torch OpenMP threads, restored after the step; see
+            :mod:`memvos.denormals`): 1.06-1.22x faster steps at 480p (the memory read 1.2-1.4x). Default: on
+            for the fast (bf16/fp16) CPU path, off for fp32, which stays bit-exact to the reference.
     """
 
     def __init__(
@@ -245,13 +245,11 @@ class InferenceSession:
     @torch.inference_mode()
     def remove_object(self, object_id: int) -> None:
         """Stop tracking an object and drop it from memory."""
-        self._prepare_thread()
-        with self._autocast():
+        with self._float_mode(), self._autocast():
             self._flush_pending()
         self.objects.remove(object_id)
         self.memory.remove_object(object_id)
 
-    @torch.inference_mode()
     def step(
         self, image: np.ndarray | Tensor, mask: np.ndarray | None = None, objects: Iterable[int] | None = None
     ) -> StepResult:
@@ -266,7 +264,14 @@ class InferenceSession:
         Returns:
             :class:`StepResult` for this frame.
         """
-        self._prepare_thread()
+        with self._float_mode():
+            return self._step(image, mask, objects)
+
+    @torch.inference_mode()
+    def _step(
+        self, image: np.ndarray | Tensor, mask: np.ndarray | None, objects: Iterable[int] | None
+    ) -> StepResult:
+        """:meth:`step` in the session's float mode."""
         frame = self._to_tensor(image)
         h, w = frame.shape[-2:]
         if self._frame_hw is None:
@@ -381,10 +386,9 @@ class InferenceSession:
             self.compile = False
             return self.model.encode_query(padded)
 
-    def _prepare_thread(self) -> None:
-        """The CPU float mode this session runs in, on the thread that steps it (see ``flush_denormals``)."""
-        if self.device.type == "cpu":
-            ensure_flush_denormals(self.flush_denormals)
+    def _float_mode(self) -> contextlib.AbstractContextManager:
+        """The CPU float mode of this session's work, on the thread that runs it (see ``flush_denormals``)."""
+        return flushed_denormals(self.flush_denormals and self.device.type == "cpu")
 
     def _time(self, stage: str) -> contextlib.AbstractContextManager:
         """Context timing ``stage`` with the attached timer; a shared no-op without one."""

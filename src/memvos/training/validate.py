@@ -6,7 +6,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from memvos.denormals import ensure_flush_denormals
 from memvos.evaluation import evaluate
 from memvos.inference.dataset import run_dataset
 from memvos.inference.session import InferenceSession
@@ -27,17 +26,14 @@ def davis_validator(
     def validate(model: MemoryNetwork) -> dict[str, float]:
         if work_dir.exists():
             shutil.rmtree(work_dir)
-        try:
-            run_dataset(
-                lambda: InferenceSession(model, precision=precision, device=device),
-                root,
-                work_dir,
-                sequences=sequences,
-                resume=False,
-                progress=False,
-            )
-        finally:  # the sessions' flush-to-zero must not carry over into training steps
-            ensure_flush_denormals(False)
+        run_dataset(
+            lambda: InferenceSession(model, precision=precision, device=device),
+            root,
+            work_dir,
+            sequences=sequences,
+            resume=False,
+            progress=False,
+        )
         result = evaluate(work_dir, root / "Annotations", sequences, year=year)
         return {k: round(v, 5) for k, v in result.global_row().as_dict().items()}
 
