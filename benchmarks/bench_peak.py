@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from memvos.inference.session import cpu_supports_bf16
+from memvos.precision import cpu_supports_bf16
 
 
 def _median_ms(fn, repeats: int) -> float:

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from memvos.precision import cpu_runs_bf16
+
 # The DAVIS palette's first entries (object colours); the full palette is memvos.io.palette.DAVIS_PALETTE.
 _PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0] * (256 * 3 - 12)
+
+#: Tests of the bf16 path: they need oneDNN bf16 kernels (an AVX2-only CPU refuses --precision bf16).
+needs_bf16 = pytest.mark.skipif(not cpu_runs_bf16(), reason="this CPU has no bf16 kernels (AVX2 or lower)")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 """``../shared`` beside the checkout; real DAVIS data lives in ``SHARED / "data"`` (tests skip without it)."""

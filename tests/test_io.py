@@ -313,7 +313,7 @@ def test_open_masks_single_file_and_sparse_folder(tiny_clip, tmp_path: Path) -> 
 
 def test_write_palette_png_roundtrip_and_atomic_replace(tmp_path: Path) -> None:
     ids = np.zeros((10, 12), np.int64)
-    ids[2:5, 2:5], ids[6:, 6:] = 3, 255
+    ids[2:5, 2:5], ids[6:, 6:] = 3, 254
     out = tmp_path / "m.png"
     out.write_bytes(b"old content")
     write_palette_png(out, ids)
@@ -327,7 +327,7 @@ def test_write_palette_png_roundtrip_and_atomic_replace(tmp_path: Path) -> None:
 def test_write_palette_png_rejects_ids_over_255(tmp_path: Path) -> None:
     ids = np.zeros((4, 4), np.int32)
     ids[0, 0] = 300
-    with pytest.raises(InputError, match=r"object id 300 does not fit in a palette PNG \(max 255\)"):
+    with pytest.raises(InputError, match=r"object id 300 does not fit in a palette PNG \(ids 0-254"):
         write_palette_png(tmp_path / "x.png", ids)
     assert list(tmp_path.iterdir()) == []
 
@@ -412,9 +412,11 @@ def test_real_judo_mask_one_pixel_narrower(caplog: pytest.LogCaptureFixture) -> 
     assert list(found) == ["00000", "00005", "00008", "00013"]
 
 
-@pytest.mark.parametrize("dataset", ["davis16-train-240p", "davis16-train-480p"])
+@pytest.mark.parametrize("dataset", ["davis16-train", "davis16-train-480p"])
 def test_real_la_mask(dataset: str) -> None:
-    path = _need_data(dataset, "Annotations", "bear", "00077.png")
+    from memvos.io.layout import resolve_dir
+
+    path = resolve_dir(_need_data(dataset, "Annotations", "bear")) / "00077.png"  # bear may be a link file
     with Image.open(path) as im:
         assert im.mode == "LA"
     ids = read_mask(path)
@@ -495,3 +497,59 @@ def test_decode_image_rgb_matches_pillow_and_ignores_orientation(tmp_path: Path)
     (tmp_path / "bad.jpg").write_bytes(b"not an image at all")
     with pytest.raises(InputError, match="bad.jpg"):
         decode_image_rgb(tmp_path / "bad.jpg")
+
+
+# --------------------------------------------------------------------------- void, lossy masks, link files
+
+
+def test_void_255_is_background_in_every_mask_form(tmp_path: Path) -> None:
+    ids = np.zeros((8, 8), np.uint8)
+    ids[1:3, 1:3], ids[4:6, 4:6], ids[0, :] = 1, 2, 255
+    pal = Image.fromarray(ids, mode="P")
+    pal.putpalette(DAVIS_PALETTE.flatten().tolist())
+    pal.save(tmp_path / "p.png")
+    Image.fromarray(ids, mode="L").save(tmp_path / "g.png")
+    want = np.where(ids == 255, 0, ids)
+    np.testing.assert_array_equal(read_mask(tmp_path / "p.png"), want)
+    np.testing.assert_array_equal(read_mask(tmp_path / "g.png"), want)  # not refused as "anti-aliased"
+    binary = np.where(ids > 0, 255, 0).astype(np.uint8)  # DAVIS 2016: 255 is the object itself
+    Image.fromarray(binary, mode="L").save(tmp_path / "b.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "b.png"), (binary > 0).astype(np.int32))
+
+
+def test_lossy_and_anti_aliased_masks_are_refused_with_the_reason(tmp_path: Path) -> None:
+    ids = np.zeros((32, 32), np.uint8)
+    ids[4:20, 4:20] = 1
+    ids[10:30, 12:30] = 2
+    Image.fromarray(ids * 100, mode="L").convert("RGB").save(tmp_path / "m.jpg", quality=90)
+    with pytest.raises(InputError, match="is a JPEG image: lossy compression"):
+        read_mask(tmp_path / "m.jpg")
+    with pytest.raises(InputError, match="is a JPEG image"):
+        open_masks(tmp_path / "m.jpg", ["00000"], (32, 32))
+    ramp = np.tile(np.linspace(0, 255, 32).astype(np.uint8), (32, 1))
+    Image.fromarray(ramp, mode="L").save(tmp_path / "aa.png")
+    with pytest.raises(InputError, match="anti-aliased or lossy"):
+        read_mask(tmp_path / "aa.png")
+
+
+def test_written_masks_never_hold_the_void_id(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="255 is void"):
+        write_palette_png(tmp_path / "v.png", np.full((4, 4), 255, np.int32))
+
+
+def test_link_files_stand_for_sequence_folders(tmp_path: Path) -> None:
+    from memvos.inference.dataset import list_sequences
+    from memvos.io.layout import resolve_dir, sequence_dirs
+
+    real = tmp_path / "elsewhere" / "JPEGImages" / "seqA"
+    real.mkdir(parents=True)
+    root = tmp_path / "ds" / "JPEGImages"
+    root.mkdir(parents=True)
+    (root / "seqB").mkdir()
+    (root / "seqA").write_text("../../elsewhere/JPEGImages/seqA")  # a symlink checked out as text
+    (root / "notes.txt").write_text("just a file")
+    (root / "dangling").write_text("../nowhere")
+    assert resolve_dir(root / "seqA") == real.resolve()
+    assert resolve_dir(root / "notes.txt") == root / "notes.txt"
+    assert set(sequence_dirs(root)) == {"seqA", "seqB"}
+    assert list_sequences(tmp_path / "ds") == ["seqA", "seqB"]

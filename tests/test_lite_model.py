@@ -8,6 +8,8 @@ import torch
 from memvos.inference.session import InferenceSession
 from memvos.models.lite import LiteMemoryNetwork, per_object
 
+from .conftest import needs_bf16
+
 
 @pytest.fixture(scope="module")
 def lite() -> LiteMemoryNetwork:
@@ -60,6 +62,7 @@ def test_a_batch_of_frames_equals_each_frame_alone(lite: LiteMemoryNetwork) -> N
             torch.testing.assert_close(logits[b : b + 1], lb, atol=1e-4, rtol=1e-4)
 
 
+@needs_bf16
 def test_fast_session_stores_bf16_weights_on_a_private_copy(lite: LiteMemoryNetwork) -> None:
     before = {k: v.clone() for k, v in lite.state_dict().items()}
     session = InferenceSession(lite, precision="bf16")
@@ -74,6 +77,7 @@ def test_fast_session_stores_bf16_weights_on_a_private_copy(lite: LiteMemoryNetw
     assert fp32.model is lite and all(p.dtype == torch.float32 for p in fp32.model.parameters())
 
 
+@needs_bf16
 def test_bf16_session_masks_match_fp32(lite: LiteMemoryNetwork) -> None:
     """bf16 weights + autocast + bf16 affinity give nearly the fp32 session's masks on a tiny clip."""
     torch.manual_seed(1)

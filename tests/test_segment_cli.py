@@ -350,7 +350,20 @@ def _case_cuda_without_gpu(clip, tmp, lite, stm):
     return [clip.frames_dir, "--mask", clip.mask_path, "--weights", lite, "--device", "cuda"], "cuda"
 
 
+def _bad_option(option: str, value: str, expected: str) -> BadCase:
+    def case(clip, tmp, lite, stm):
+        return [clip.frames_dir, "--mask", clip.mask_path, option, value], expected
+
+    case.__name__ = f"_case_option{option.replace('-', '_')}_{value.replace('-', 'minus')}"
+    return case
+
+
 BAD_CASES = [
+    _bad_option("--size", "-1", "size must be >= 0"),
+    _bad_option("--top-k", "0", "top_k must be >= 1"),
+    _bad_option("--kmn-sigma", "0", "kmn sigma must be > 0"),
+    _bad_option("--mem-every", "-1", "mem_every must be >= 0"),
+    _bad_option("--max-memory-frames", "-1", "memory capacity must be >= 1"),
     _case_missing_source,
     _case_empty_folder,
     _case_corrupt_frame,

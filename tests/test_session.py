@@ -637,7 +637,7 @@ def test_propagate_yields_every_frame(clip) -> None:
 
 
 def test_bad_precision_and_device() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="unknown precision"):
         InferenceSession(StubNet(), precision="fp64")  # type: ignore[arg-type]
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="cuda"):

@@ -29,10 +29,15 @@ def lite() -> LiteMemoryNetwork:
     return LiteMemoryNetwork(pretrained_backbone=False).eval()
 
 
-def make_client(lite, frames_dir: Path, project: Path) -> TestClient:
+PAGE = "http://127.0.0.1:8765"  # where the tests' server is served; its page's origin
+
+
+def make_client(lite, frames_dir: Path, project: Path, **app_options) -> TestClient:
+    """A client that sends what the server's own page sends in a browser: ``Host: 127.0.0.1:8765`` and
+    ``Origin: http://127.0.0.1:8765``."""
     iv = InteractiveVideo(lite, PixelEmbedder.from_model(lite), session_options={"precision": "fp32"})
     iv.init_state(frames_dir, project_dir=project)
-    return TestClient(create_app(iv))
+    return TestClient(create_app(iv, **app_options), base_url=PAGE, headers={"Origin": PAGE})
 
 
 def wait_propagation(client: TestClient) -> dict:
@@ -151,6 +156,8 @@ def test_frame_that_fails_to_decode(lite, tiny_clip, tmp_path) -> None:
 def test_cli_ui_errors(tmp_path, capsys) -> None:
     assert cli_main(["ui", str(tmp_path / "missing.mp4")]) == 2
     assert "video or frame folder not found" in capsys.readouterr().err
+    assert cli_main(["ui", str(tmp_path / "missing.mp4"), "--allow-host", "evil/x"]) == 2
+    assert "--allow-host takes a host name" in capsys.readouterr().err
     sock = bind(0)
     try:
         with pytest.raises(InputError, match="is in use"):
@@ -160,6 +167,7 @@ def test_cli_ui_errors(tmp_path, capsys) -> None:
 
 
 def test_memvos_ui_command_serves_on_localhost(lite, tiny_clip, tmp_path) -> None:
+    import http.client
     import json
     import os
     import selectors
@@ -186,6 +194,8 @@ def test_memvos_ui_command_serves_on_localhost(lite, tiny_clip, tmp_path) -> Non
         "cpu",
         "--precision",
         "fp32",
+        "--allow-host",
+        "memvos-alias",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(tmp_path / "stderr.txt", "w") as err:
@@ -205,6 +215,12 @@ def test_memvos_ui_command_serves_on_localhost(lite, tiny_clip, tmp_path) -> Non
                 state = json.loads(resp.read())
             assert state["video"]["num_frames"] == 8
             assert (tmp_path / "proj" / "project.json").is_file()
+            port = int(url.rstrip("/").rsplit(":", 1)[1])
+            for host, status in [(f"evil.example:{port}", 403), (f"memvos-alias:{port}", 200)]:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request("GET", "/api/state", headers={"Host": host})  # a rebinding page; --allow-host
+                assert conn.getresponse().status == status, host
+                conn.close()
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -119,7 +119,7 @@ def test_click_propagate_export_in_chromium(server, tiny_clip) -> None:
             page.screenshot(path=str(ARTIFACTS / "ui_browser.png"))
 
             # bad input: the object is deleted behind the page's back, then clicked with
-            req = urllib.request.Request(url + "/api/objects/1", method="DELETE")
+            req = urllib.request.Request(url + "/api/objects/1", method="DELETE", headers={"Origin": url})
             with urllib.request.urlopen(req) as resp:
                 assert resp.status == 200
             page.mouse.click(box["x"] + 30, box["y"] + 30)

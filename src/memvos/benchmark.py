@@ -35,10 +35,11 @@ from PIL import Image
 from memvos import __version__
 from memvos.allocator import describe as describe_allocator
 from memvos.errors import InputError
-from memvos.inference.session import InferenceSession, cpu_supports_bf16
+from memvos.inference.session import InferenceSession
 from memvos.inference.video import StageTimes, propagate_video
 from memvos.io.frames import FrameSource, decode_image_bytes
 from memvos.io.writers import MaskWriter
+from memvos.precision import cpu_capability, cpu_supports_bf16
 
 __all__ = [
     "SESSION_STAGES",
@@ -288,6 +289,7 @@ def machine_info(device: torch.device | None = None) -> dict[str, object]:
         "cores_usable": usable,
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "cpu_capability": cpu_capability(),
         "cpu_native_bf16": cpu_supports_bf16(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -434,7 +436,8 @@ def format_report(report: Mapping[str, object]) -> str:
         + f"  {report['frames']} frames ({s['warmup']} warm-up)"
         + f"  precision {s['precision']}  device {s['device']}"
         + ("  subnormals flushed" if s.get("flush_denormals") else ""),
-        f"machine: {m['cpu']}, {m['cores_usable']}/{m['cores']} cores, {m['torch_threads']} torch threads, "
+        f"machine: {m['cpu']} ({m.get('cpu_capability', '?')}), {m['cores_usable']}/{m['cores']} cores, "
+        f"{m['torch_threads']} torch threads, "
         f"load {m['load_average_1min']}, torch {m['torch']}, {m.get('allocator', '?')}"
         + (f", GPU {m['gpu']}" if m.get("gpu") else ""),
         f"fps {report['fps']:.2f} end to end "

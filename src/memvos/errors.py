@@ -11,3 +11,7 @@ class InputError(MemvosError):
 
 class WeightsError(MemvosError):
     """A weights file that is missing, unreadable or has the wrong layout."""
+
+
+class OptionError(MemvosError, ValueError):
+    """An option out of its range (e.g. ``--top-k 0``): a one-line user error, and a ValueError in Python."""

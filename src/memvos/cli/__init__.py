@@ -3,14 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
 
 from memvos.errors import MemvosError
 
 # Sub-command modules; each defines ``register(subparsers)`` which adds its parser and sets ``func``.
 _COMMANDS = ["segment", "eval_cmd", "run_dataset", "train_cmd", "bench", "ui"]
+
+
+#: Exit statuses of a run stopped by SIGINT (Ctrl-C) and SIGTERM (timeout, kill, job schedulers).
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt, so that the same cleanup runs."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread; the previous
+    handler is restored on exit. Outside the main thread (where handlers cannot be set) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,14 +78,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.func(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except MemvosError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the exception text holds
         print(f"memvos {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"memvos {args.command}: terminated", file=sys.stderr)
+        return EXIT_SIGTERM
     except KeyboardInterrupt:
         print(f"memvos {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
 
 
 def entry() -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
+
+from memvos.errors import MemvosError
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +82,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the evaluation, print the table, write the CSV (and JSON) files."""
-    from memvos.evaluation import default_workers, evaluate, format_table, write_csvs, write_json
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
+
+def check_writable(out_dir: Path | None, json_path: Path | None) -> None:
+    """Refuse output paths that cannot be written before the (long) evaluation starts.
+
+    Raises:
+        MemvosError: ``--out`` is a file or in an unwritable folder, ``--json`` is a folder or in an
+            unwritable folder. (Failures while writing, e.g. a full disk, are reported by the writers.)
+    """
+    checks = [("--out", out_dir, True), ("--json", json_path, False)]
+    for option, path, is_folder in checks:
+        if path is None:
+            continue
+        if is_folder and path.exists() and not path.is_dir():
+            raise MemvosError(f"{option} {path} is a file, not a folder")
+        if not is_folder and path.is_dir():
+            raise MemvosError(f"{option} {path} is a folder, not a file")
+        base = _existing_ancestor(path if is_folder else path.parent)
+        if not base.is_dir():
+            raise MemvosError(f"{option} {path}: {base} is a file, not a folder")
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise MemvosError(f"{option} {path}: folder {base} is not writable")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation, print the table, write the CSV (and JSON) files (atomically: see
+    :func:`memvos.evaluation.write_csvs`)."""
+    from memvos.evaluation import default_workers, evaluate, format_table, write_csvs, write_json
+    from memvos.io.paths import check_outputs
+
+    out_dir = args.out if args.out is not None else args.results
+    # a missing RESULTS folder is reported by evaluate(), naming it
+    check_writable(out_dir if args.out is not None or args.results.is_dir() else None, args.json)
+    csvs = [out_dir / f"{kind}_results-{args.set_name}.csv" for kind in ("global", "per-sequence")]
+    check_outputs(reads=[args.gt], out_files=[*csvs, args.json], loose_reads=[args.results])
     workers = args.workers if args.workers is not None else default_workers()
     start = time.perf_counter()
     result = evaluate(
@@ -98,7 +137,6 @@ def run(args: argparse.Namespace) -> int:
     )
     elapsed = time.perf_counter() - start
     print(format_table(result, args.set_name))
-    out_dir = args.out if args.out is not None else args.results
     g_path, s_path = write_csvs(result, out_dir, args.set_name)
     logger.info("wrote %s and %s", g_path, s_path)
     if args.json:

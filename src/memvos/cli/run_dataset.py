@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from memvos.cli.eval_cmd import add_protocol_arguments
-from memvos.cli.segment import add_session_arguments
+from memvos.cli.segment import add_overwrite_argument, add_session_arguments, run_settings
 from memvos.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="process shard i of n (0-based; default: torchrun's RANK/WORLD_SIZE, else all)",
     )
     p.add_argument("--no-resume", action="store_true", help="segment finished sequences again")
+    add_overwrite_argument(p)
     p.add_argument("--no-eval", action="store_true", help="do not evaluate after segmenting")
     add_protocol_arguments(p)
     p.add_argument(
@@ -53,10 +54,11 @@ def _frame_stems(folder: Path, suffixes: tuple[str, ...]) -> set[str]:
 def sparse_example(root: Path, sequences: list[str]) -> str | None:
     """None if every frame of every sequence has a ground-truth PNG; else a description of the first gap."""
     from memvos.io.frames import IMAGE_SUFFIXES
+    from memvos.io.layout import resolve_dir
 
     for seq in sequences:
-        frames = _frame_stems(root / "JPEGImages" / seq, IMAGE_SUFFIXES)
-        ann_dir = root / "Annotations" / seq
+        frames = _frame_stems(resolve_dir(root / "JPEGImages" / seq), IMAGE_SUFFIXES)
+        ann_dir = resolve_dir(root / "Annotations" / seq)
         annotated = _frame_stems(ann_dir, (".png",)) if ann_dir.is_dir() else set()
         if not frames <= annotated:
             return f"{seq}: {len(frames & annotated)} of {len(frames)} frames annotated"
@@ -82,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     root: Path = args.root
     if not root.is_dir():
         raise InputError(f"dataset folder not found: {root}")
+    from memvos.io.paths import check_outputs
+
+    check_outputs(reads=[root, args.weights], out_dirs=[args.out])
     all_seqs = list_sequences(root)
     if not (root / "Annotations").is_dir():
         raise InputError(f"{root} has no Annotations/ folder: the first mask of each object is needed")
@@ -93,10 +98,11 @@ def run(args: argparse.Namespace) -> int:
         session.reset()
         return session
 
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {args.out}: {exc.strerror}") from None
+    from memvos.io.paths import resolved
+    from memvos.io.records import claim_output_folder
+
+    settings = {"command": "run-dataset", "root": str(resolved(root)), **run_settings(args)}
+    claim_output_folder(args.out, settings, overwrite=args.overwrite, nested=True)
     logger.info(
         "%s: %d sequences, model %s (%s, %s), shard %d/%d -> %s",
         root,

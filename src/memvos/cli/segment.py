@@ -10,6 +10,7 @@ from pathlib import Path
 
 from memvos.errors import InputError
 from memvos.models.registry import DEFAULT_MODEL, MODELS
+from memvos.precision import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,11 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
+        choices=PRECISIONS,
         default="auto",
-        help="fp32 = exact and deterministic; bf16 = fast on CPUs with native bf16, AVX512-BF16 or AMX "
-        "(default auto: bf16 there, fp16 on CUDA, else fp32)",
+        help="fp32 = exact and deterministic; fp32-fast = float32 on a fused copy (the fast path of CPUs "
+        "without native bf16); bf16 = fast on CPUs with native bf16, AVX512-BF16 or AMX; fp16 = CUDA "
+        "(default auto: bf16 on native-bf16 CPUs, else fp32-fast; fp16 on CUDA)",
     )
     g.add_argument(
         "--compile",
@@ -63,7 +65,7 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-flush-denormals",
         dest="flush_denormals",
         action="store_false",
-        help="keep IEEE subnormal floats on the CPU (default: flushed to zero on the bf16/fp16 path, about "
+        help="keep IEEE subnormal floats on the CPU (default: flushed to zero on the fast paths, about "
         "1.1x faster at 480p; fp32 never flushes)",
     )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
@@ -74,6 +76,41 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
         help="process frames downscaled to at most this shorter side in pixels, masks upsampled back "
         "to the original size (0 = original size; default: the model's: memvos-lite caps the shorter side at "
         "480, stm-r50 keeps the original size; 288 is the real-time setting at 480p)",
+    )
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """What makes two runs the same run, for the run record beside the masks (memvos.io.records): the
+    model, the weights' digest and every option of :func:`add_session_arguments` that changes the masks."""
+    from memvos.io.records import file_digest
+    from memvos.models.registry import MODELS, shipped_weights_path
+
+    weights = args.weights
+    if weights is None and args.model in MODELS:
+        weights = shipped_weights_path(args.model)
+    try:
+        digest = file_digest(weights) if weights is not None else None
+    except OSError:
+        digest = None  # unreadable weights are reported by the model loader
+    return {
+        "model": args.model,
+        "weights_sha256": digest,
+        "memory_read": args.memory_read,
+        "kmn_sigma": args.kmn_sigma,
+        "top_k": args.top_k,
+        "mem_every": args.mem_every,
+        "max_memory_frames": args.max_memory_frames,
+        "precision": args.precision,
+        "size": args.size,
+    }
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace masks of an earlier run with other settings (or unrecorded PNGs) in --out; without "
+        "it memvos refuses to mix them with this run's",
     )
 
 
@@ -122,7 +159,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--mask", type=Path, required=True, help="mask PNG for the first frame, or folder of masks"
     )
     p.add_argument("--out", type=Path, required=True, help="output folder for palette PNG masks")
-    p.add_argument("--overlay", type=Path, help="also write an overlay video (mp4)")
+    p.add_argument("--overlay", type=Path, help="also write an overlay video (.mp4, .mkv, .mov or .avi)")
+    add_overwrite_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_session_arguments(p)
     p.set_defaults(func=run)
@@ -132,16 +170,22 @@ def run(args: argparse.Namespace) -> int:
     from memvos.inference.video import StageTimes, propagate_video
     from memvos.io.frames import open_frames
     from memvos.io.masks import open_masks
-    from memvos.io.overlay import OverlayWriter
+    from memvos.io.overlay import OverlayWriter, check_video_path
+    from memvos.io.paths import check_outputs, prepare_output_file, resolved
+    from memvos.io.records import claim_output_folder, complete_record
     from memvos.io.writers import MaskWriter
 
+    check_outputs(
+        reads=[args.source, args.mask, args.weights], out_dirs=[args.out], out_files=[args.overlay]
+    )
+    if args.overlay is not None:
+        check_video_path(args.overlay)
+        prepare_output_file(args.overlay)
     frames = open_frames(args.source)
     masks = open_masks(args.mask, frames.names, (frames.height, frames.width))
     session = session_from_args(args)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {args.out}: {exc.strerror}") from None
+    settings = {"command": "segment", "source": str(resolved(args.source)), "mask": str(resolved(args.mask))}
+    claim_output_folder(args.out, {**settings, **run_settings(args)}, overwrite=args.overwrite)
     logger.info(
         "%s: %d frames %dx%d, model %s (%s, %s), masks on %d frame(s)",
         args.source,
@@ -162,17 +206,18 @@ def run(args: argparse.Namespace) -> int:
         if args.overlay:
             overlay = stack.enter_context(OverlayWriter(args.overlay, fps=frames.fps))
         for stem, rgb, result in propagate_video(session, frames, masks, progress=progress, times=times):
-            too_big = [i for i in result.object_ids if i > 255]
+            too_big = [i for i in result.object_ids if i >= 255]
             if too_big:  # checked here, on the first frame that has them, rather than by the writer thread
                 raise InputError(
                     f"object id {too_big[0]} in the masks {args.mask} does not fit in the "
-                    "output palette PNGs (ids 1-255); renumber the objects"
+                    "output palette PNGs (ids 1-254; 255 is void); renumber the objects"
                 )
             t0 = time.perf_counter()
             writer.submit(stem, result.labels)
             if overlay is not None:
                 overlay.write(rgb, result.labels)
             times.write += time.perf_counter() - t0
+    complete_record(args.out)
     elapsed = time.perf_counter() - start
     logger.info(
         "wrote %d masks to %s in %.1f s (%.1f fps)%s",

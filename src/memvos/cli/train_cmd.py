@@ -40,11 +40,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train (resuming from ``--out``), then copy the weights to ``--export`` (atomically)."""
+    from memvos.io.atomic import atomic_write
     from memvos.training.config import TrainConfig
     from memvos.training.trainer import Trainer
     from memvos.training.validate import davis_validator
 
     cfg = TrainConfig.from_file(args.config, args.overrides)
+    from memvos.io.paths import check_outputs
+
+    check_outputs(
+        reads=[args.config, cfg.init_weights, cfg.val_root, *cfg.davis_roots],
+        out_dirs=[args.out],
+        out_files=[args.export],
+    )
+    if args.out.exists() and not args.out.is_dir():
+        raise MemvosError(f"--out {args.out} is a file, not a run folder")
+    if args.export is not None and args.export.is_dir():
+        raise MemvosError(f"--export {args.export} is a folder, not a file")
     if cfg.stage == "pml":  # pixel embeddings for interactive segmentation
         from memvos.training.pml import PMLTrainer as Trainer
     elif cfg.stage != "memory":
@@ -62,7 +75,11 @@ def run(args: argparse.Namespace) -> int:
     if args.export and trainer.rank == 0:
         best = args.out / "best.pth"
         src = best if best.is_file() else args.out / "last.pth"
-        args.export.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, args.export)
+        try:
+            args.export.parent.mkdir(parents=True, exist_ok=True)
+            with open(src, "rb") as fh:
+                atomic_write(args.export, lambda out: shutil.copyfileobj(fh, out))
+        except OSError as exc:
+            raise MemvosError(f"cannot export {src} to {args.export}: {exc.strerror or exc}") from None
         logger.info("exported %s -> %s", src, args.export)
     return 0

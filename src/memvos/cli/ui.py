@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from memvos.errors import InputError, MemvosError
+from memvos.precision import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -19,10 +20,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ui",
         help="interactive segmentation in the browser: clicks, scribbles, boxes; propagate; export",
         description="Start a local web server (127.0.0.1 only) for interactive segmentation of a video and "
-        "print its URL. Annotations are saved in the project folder as you go and restored on restart.",
+        "print its URL. Annotations are saved in the project folder as you go and restored on restart. "
+        "The server answers only to its own address (Host 127.0.0.1, localhost or [::1] with its port) "
+        "and accepts changes only from its own page (Origin).",
     )
     p.add_argument("source", type=Path, metavar="VIDEO_OR_FOLDER", help="a video file or a folder of frames")
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME[:PORT]",
+        help="also answer to this Host name (e.g. an /etc/hosts alias of 127.0.0.1, or localhost:9000 "
+        "through an SSH tunnel); repeatable. Requests for any other host are refused (DNS rebinding)",
+    )
     p.add_argument(
         "--project",
         type=Path,
@@ -32,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", type=Path, help="weights of the propagation model (default: shipped)")
     p.add_argument("--pml-weights", type=Path, help="pixel-embedding weights (default: shipped pml-lite.pth)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument(
         "--size", type=int, help="propagate at this shorter side (0: original size; default: the model's)"
     )
@@ -58,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from memvos.interactive.server import create_app
+        from memvos.interactive.server import create_app, parse_allowed_host
     except ImportError as exc:
         raise MemvosError(
             f"memvos ui needs FastAPI and uvicorn ({exc.name} is missing): "
@@ -68,11 +79,15 @@ def run(args: argparse.Namespace) -> int:
     from memvos.interactive.embedding import default_embedder
     from memvos.interactive.video import InteractiveVideo
     from memvos.io.frames import open_frames
+    from memvos.io.paths import check_outputs
     from memvos.models.registry import load_model
 
+    for name in args.allow_host:  # a bad --allow-host fails before the model loads
+        parse_allowed_host(name)
     open_frames(args.source)  # a missing or unreadable video fails here, before the model loads
     device = resolve_device(args.device)
     project = args.project or Path.cwd() / f"{args.source.resolve().name}.memvos"
+    check_outputs(reads=[args.source, args.weights, args.pml_weights], out_dirs=[project])
     model = load_model(args.model, args.weights).to(device)
     embedder = default_embedder(model, args.pml_weights)
     options: dict = {"precision": args.precision}
@@ -83,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     sock = bind(args.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}/"
-    app = create_app(iv)
+    app = create_app(iv, host=host, port=port, allow_hosts=args.allow_host)
     print(f"memvos ui: {args.source} ({iv.num_frames} frames), project {project}", file=sys.stderr)
     print(f"memvos ui: open {url}  (Ctrl+C to stop)", flush=True)
     config = uvicorn.Config(app, log_level="warning", lifespan="off")

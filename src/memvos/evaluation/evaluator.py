@@ -31,6 +31,7 @@ from memvos.evaluation.metrics import (
     temporal_stability_pair,
 )
 from memvos.evaluation.statistics import db_statistics, mean_over
+from memvos.io.layout import resolve_dir
 
 logger = logging.getLogger(__name__)
 
@@ -462,7 +463,7 @@ def _evaluate_sequence_dir(
     temporal_stability: bool,
 ) -> list[ObjectResult]:
     """Evaluate ``results_dir/<sequence>/*.png`` against ``gt_dir/<sequence>/*.png`` (worker entry point)."""
-    gt_seq = Path(gt_dir) / sequence
+    gt_seq = resolve_dir(Path(gt_dir) / sequence)
     pred_seq = Path(results_dir) / sequence
     if not pred_seq.is_dir():
         raise InputError(f"missing prediction folder {pred_seq}")

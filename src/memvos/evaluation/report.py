@@ -6,7 +6,9 @@ import json
 import math
 from pathlib import Path
 
+from memvos.errors import MemvosError
 from memvos.evaluation.evaluator import GLOBAL_COLUMNS, EvaluationResult
+from memvos.io.atomic import atomic_write_many, atomic_write_text
 
 __all__ = [
     "format_table",
@@ -37,14 +39,36 @@ def per_sequence_csv_text(result: EvaluationResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_error(what: str, path: Path, exc: OSError) -> MemvosError:
+    """One line for a failed write: the file and the system's reason (e.g. "No space left on device")."""
+    if isinstance(exc, IsADirectoryError):
+        return MemvosError(f"cannot write {what} {exc.filename or path}: it is a folder")
+    return MemvosError(f"cannot write {what} {path}: {exc.strerror or exc}")
+
+
 def write_csvs(result: EvaluationResult, out_dir: str | Path, set_name: str = "val") -> tuple[Path, Path]:
-    """Write ``global_results-<set>.csv`` and ``per-sequence_results-<set>.csv`` to ``out_dir``."""
+    """Write ``global_results-<set>.csv`` and ``per-sequence_results-<set>.csv`` to ``out_dir``.
+
+    Both files are written atomically and together: on a failure (unwritable folder, full disk) neither is
+    replaced, so older results stay whole and no empty or partial CSV is left.
+
+    Raises:
+        MemvosError: one line naming the folder or file that could not be written and why.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     g_path = out / f"global_results-{set_name}.csv"
     s_path = out / f"per-sequence_results-{set_name}.csv"
-    g_path.write_text(global_csv_text(result), newline="")
-    s_path.write_text(per_sequence_csv_text(result), newline="")
+    g_text, s_text = global_csv_text(result).encode(), per_sequence_csv_text(result).encode()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise MemvosError(f"cannot write the CSV results to {out}: it is a file, not a folder") from None
+    except OSError as exc:
+        raise _write_error("the results folder", out, exc) from None
+    try:
+        atomic_write_many([(g_path, lambda fh: fh.write(g_text)), (s_path, lambda fh: fh.write(s_text))])
+    except OSError as exc:
+        raise _write_error("the CSV results", out, exc) from None
     return g_path, s_path
 
 
@@ -59,10 +83,20 @@ def _json_safe(obj: object) -> object:
 
 
 def write_json(result: EvaluationResult, path: str | Path, per_frame: bool = True) -> Path:
-    """Write the result (global row, per-object statistics, per-frame J/F) as JSON; NaN -> null."""
+    """Write the result (global row, per-object statistics, per-frame J/F) as JSON; NaN -> null.
+
+    Written atomically: on a failure an older file stays as it was and no partial file is left.
+
+    Raises:
+        MemvosError: one line naming the file that could not be written and why.
+    """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(_json_safe(result.to_dict(per_frame)), indent=1) + "\n")
+    text = json.dumps(_json_safe(result.to_dict(per_frame)), indent=1) + "\n"
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(p, text)
+    except OSError as exc:
+        raise _write_error("the JSON results", p, exc) from None
     return p
 
 

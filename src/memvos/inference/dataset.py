@@ -19,6 +19,7 @@ from memvos.errors import InputError
 from memvos.inference.session import InferenceSession
 from memvos.inference.video import propagate_video
 from memvos.io.frames import natural_key, open_frames
+from memvos.io.layout import resolve_dir, sequence_dirs
 from memvos.io.masks import read_mask
 from memvos.io.writers import MaskWriter
 
@@ -55,7 +56,7 @@ def list_sequences(root: Path) -> list[str]:
     img = root / "JPEGImages"
     if not img.is_dir():
         raise InputError(f"{root} has no JPEGImages/ folder (DAVIS or YouTube-VOS layout expected)")
-    return sorted((p.name for p in img.iterdir() if p.is_dir()), key=natural_key)
+    return sorted(sequence_dirs(img), key=natural_key)
 
 
 def first_appearance_masks(
@@ -107,9 +108,9 @@ def run_dataset(
             logger.info("[%d/%d] %s: already done", i + 1, len(mine), seq)
             done.append(seq)
             continue
-        frames = open_frames(root / "JPEGImages" / seq)
+        frames = open_frames(resolve_dir(root / "JPEGImages" / seq))
         masks = first_appearance_masks(
-            root / "Annotations" / seq, frames.names, (frames.height, frames.width)
+            resolve_dir(root / "Annotations" / seq), frames.names, (frames.height, frames.width)
         )
         if not masks:
             logger.warning("[%d/%d] %s: no annotated object, skipped", i + 1, len(mine), seq)

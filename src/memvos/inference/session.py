@@ -15,7 +15,7 @@ import copy
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,21 +23,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from memvos.denormals import flushed_denormals
-from memvos.errors import InputError
+from memvos.errors import InputError, OptionError
 from memvos.inference.aggregation import labels_from_chunks, labels_from_probs, soft_aggregate
 from memvos.inference.objects import ObjectManager
 from memvos.inference.padding import pad_to_multiple, unpad
+from memvos.io.masks import VOID_ID
 from memvos.memory.bank import MemoryBank, MemoryEntry
 from memvos.memory.policy import EntryKind, MemoryPolicy
 from memvos.memory.read import MemoryReader, ReadKind
 from memvos.models.base import MemoryNetwork, QueryEncoding
+from memvos.precision import Precision, autocast, autocast_dtype, describe_cpu, resolve_precision
 
 if TYPE_CHECKING:
     from memvos.benchmark import StageTimer
 
 logger = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 _DEFAULT = object()
 #: Objects whose given-mask "others" channel is built exactly as the STM reference (sum of slices);
 #: above this the cheaper total-minus-own form is used (equal up to float rounding).
@@ -52,23 +53,6 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA GPU is available (use --device cpu)")
     return torch.device(device)
-
-
-def cpu_supports_bf16() -> bool:
-    """True if oneDNN has native bf16 kernels on this CPU (AVX512-BF16 / AMX)."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: Precision, device: torch.device) -> str:
-    """ "auto" -> fp16 on CUDA, bf16 on CPUs with native bf16, else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "fp16"
-    return "bf16" if cpu_supports_bf16() else "fp32"
 
 
 #: Float32 elements of the full-resolution probabilities upsampled at once when labels are computed from
@@ -143,8 +127,9 @@ class InferenceSession:
         top_k: keep only the top-k memory positions per query position (None: all).
         mem_every: every N-th frame becomes a permanent memory entry (default: the model's, 5 for STM).
         max_memory_frames: memory capacity in frames (default: the model's); None = unbounded.
-        precision: "fp32" (exact, deterministic), "bf16" (autocast + channels_last; fast on CPUs with
-            native bf16), "fp16" (CUDA autocast) or "auto".
+        precision: "fp32" (exact, deterministic), "fp32-fast" (float32 on a fused private copy: the fast
+            path of CPUs without native bf16), "bf16" (autocast + channels_last; fast on CPUs with native
+            bf16), "fp16" (CUDA autocast) or "auto" (see :mod:`memvos.precision`).
         device: "cpu", "cuda", "cuda:N" or "auto".
         size: process frames downscaled so that their shorter side is at most ``size`` pixels (smaller
             frames are not upscaled; None or 0: original size; default: the model's ``default_size``).
@@ -158,8 +143,8 @@ class InferenceSession:
             by inductor across runs). Falls back to eager, with a warning, where compilation fails.
         flush_denormals: run each step's CPU kernels with subnormal floats flushed to zero (FTZ/DAZ, on the
             stepping thread and its torch OpenMP threads, restored after the step; see
-            :mod:`memvos.denormals`): 1.06-1.22x faster steps at 480p (the memory read 1.2-1.4x). Default: on
-            for the fast (bf16/fp16) CPU path, off for fp32, which stays bit-exact to the reference.
+            :mod:`memvos.denormals`; BENCHMARKS.md "Release 0.2.1"). Default: on for the fast
+            (fp32-fast/bf16/fp16) CPU paths, off for fp32, which stays bit-exact to the reference.
     """
 
     def __init__(
@@ -180,13 +165,17 @@ class InferenceSession:
     ) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"unknown precision {precision!r}")
+        self.exact = self.precision == "fp32"
+        if self.device.type == "cpu":
+            logger.debug("precision %s (asked: %s) on a %s CPU", self.precision, precision, describe_cpu())
         if flush_denormals is None:
-            flush_denormals = self.device.type == "cpu" and self.precision != "fp32"
+            flush_denormals = self.device.type == "cpu" and not self.exact
         self.flush_denormals = flush_denormals
         self.model = model.to(self.device).eval()
-        if self.precision != "fp32":
+        #: channels_last activations on every fast path (fp32-fast too: 1.4-1.6x faster steps, BENCHMARKS.md
+        #: "Precisions per CPU"); the exact path keeps the caller's contiguous layout.
+        self.channels_last = not self.exact
+        if not self.exact:
             # A private copy with BatchNorms folded into convs (2x faster encoders in bf16); fp32 stays
             # the caller's model, exact like the reference.
             # Weights are stored in the autocast dtype: autocast would otherwise re-cast every weight on
@@ -194,17 +183,20 @@ class InferenceSession:
             # Only conv/linear weights: norm layers and buffers (e.g. input mean/std) stay float32, as
             # autocast leaves them.
             self.model = copy.deepcopy(self.model).fuse_for_inference_()
-            self.model = self.model.to(memory_format=torch.channels_last)
-            for module in self.model.modules():
-                if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
-                    for param in module.parameters(recurse=False):
-                        param.data = param.data.to(self._fast_dtype())
+            if self.channels_last:
+                self.model = self.model.to(memory_format=torch.channels_last)
+            weight_dtype = autocast_dtype(self.precision)
+            if weight_dtype is not None:
+                for module in self.model.modules():
+                    if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                        for param in module.parameters(recurse=False):
+                            param.data = param.data.to(weight_dtype)
         self.reader = MemoryReader(
             kind=memory_read,
             sigma=kmn_sigma,
             top_k=top_k,
             similarity=model.similarity,
-            exact=self.precision == "fp32",
+            exact=self.exact,
             bf16_affinity=model.bf16_affinity,
         )
         policy = MemoryPolicy(
@@ -215,6 +207,8 @@ class InferenceSession:
         )
         self.memory = MemoryBank(policy, shared_key=model.shared_key)
         self.objects = ObjectManager()
+        if size is not _DEFAULT and size is not None and int(size) < 0:
+            raise OptionError(f"size must be >= 0 (0: original size), not {size}")
         self.size = model.default_size if size is _DEFAULT else (size or None)
         self.timer = timer
         self.index = 0
@@ -257,7 +251,8 @@ class InferenceSession:
 
         Args:
             image: (H, W, 3) uint8 RGB array, or a (3, H, W) float tensor in [0, 1].
-            mask: optional (H, W) int array of object ids given by the user for this frame.
+            mask: optional (H, W) int array of object ids given by the user for this frame (255 is void:
+                read as background).
             objects: ids the mask speaks for (default: the non-zero ids in ``mask``). An id listed here
                 but absent from ``mask`` is absent on this frame; tracked objects not listed keep their
                 prediction outside the given objects' pixels. New ids start being tracked here.
@@ -288,6 +283,10 @@ class InferenceSession:
                 raise InputError(
                     f"mask for frame {self.index} is {mask.shape[1]}x{mask.shape[0]}, frame is {w}x{h}"
                 )
+            if (mask == VOID_ID).any():  # DAVIS void: background, never an object (memvos.io.masks)
+                mask = np.where(mask == VOID_ID, 0, mask)
+            if objects is not None and VOID_ID in {int(o) for o in objects}:
+                raise InputError(f"object id {VOID_ID} is the DAVIS void label and cannot be tracked")
             present = [int(v) for v in np.unique(mask) if v != 0]
             given_ids = present if objects is None else sorted({int(o) for o in objects})
             stray = set(present) - set(given_ids)
@@ -298,7 +297,7 @@ class InferenceSession:
             self._flush_pending()
             proc = self._resize(frame)
             padded, pad = pad_to_multiple(proc, self.model.stride)
-            if self.precision != "fp32":
+            if self.channels_last:
                 padded = padded.contiguous(memory_format=torch.channels_last)
             to_predict = [o for o in self.objects.ids if o not in given_ids]
             query = None
@@ -394,13 +393,8 @@ class InferenceSession:
         """Context timing ``stage`` with the attached timer; a shared no-op without one."""
         return _NO_TIMER if self.timer is None else self.timer.stage(stage)
 
-    def _fast_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.precision == "bf16" else torch.float16
-
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self._fast_dtype())
+        return autocast(self.precision, self.device)
 
     def _to_tensor(self, image: np.ndarray | Tensor) -> Tensor:
         if isinstance(image, Tensor):

@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from memvos.errors import InputError
+from memvos.io.atomic import atomic_write_text
 from memvos.io.masks import read_mask
 from memvos.io.palette import OVERLAY_COLORS
 from memvos.io.writers import write_palette_png
@@ -189,20 +188,6 @@ def check_box(box: object, hw: tuple[int, int]) -> tuple[float, float, float, fl
 
 
 # ---------------------------------------------------------------------------- persistence
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file + fsync + os.replace."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 class ProjectStore:
     """Reads and writes a project folder (see module docstring)."""
 

@@ -22,7 +22,13 @@ from torch import Tensor, nn
 from memvos.errors import WeightsError
 from memvos.models.backbones.efficientnet_lite import efficientnet_lite
 from memvos.models.registry import WEIGHTS_DIR
-from memvos.models.weights import fp16_state_dict, save_weights
+from memvos.models.weights import (
+    describe_content,
+    fp16_state_dict,
+    load_torch_file,
+    load_weights,
+    save_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +36,7 @@ STRIDE = 8
 COORD_CHANNELS = 2
 FORMAT = "memvos-pml-1"
 SHIPPED_WEIGHTS = WEIGHTS_DIR / "pml-lite.pth"
+_EXPECTED_KEYS = ("format", "dim", "hidden", "coord_weight", "backbone", "head")
 
 
 def coordinate_channels(h: int, w: int, weight: float, device: torch.device | None = None) -> Tensor:
@@ -212,31 +219,36 @@ def save_embedder(path: str | Path, embedder: PixelEmbedder, threshold: float | 
 
 
 def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> PixelEmbedder:
-    """Read a weights file written by :func:`save_embedder`.
+    """Read a weights file written by :func:`save_embedder` (``weights_only=True``: tensors and plain types).
 
     Raises:
-        WeightsError: missing or unreadable file, or not a memvos PML weights file.
+        WeightsError: missing or unreadable file, Python objects in it, or not a memvos PML weights file (the
+            message says what the file looks like and which keys were expected).
     """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"pixel-embedding weights not found: {path}")
+    state = load_torch_file(path, kind="memvos pixel-embedding weights file")
+    if not isinstance(state, dict) or state.get("format") != FORMAT or not set(_EXPECTED_KEYS) <= set(state):
+        raise WeightsError(
+            f"{path} is not a memvos pixel-embedding weights file (format {FORMAT}): it looks like "
+            f"{describe_content(state)}; expected keys: {', '.join(_EXPECTED_KEYS)}"
+        )
+    parts = {name: state[name] for name in ("backbone", "head")}
+    for name, part in parts.items():
+        if not isinstance(part, dict) or not all(isinstance(v, Tensor) for v in part.values()):
+            raise WeightsError(f"{path}: its {name!r} entry is not a state dict of tensors")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad file
-        raise WeightsError(f"cannot read pixel-embedding weights {path}: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise WeightsError(f"{path} is not a memvos pixel-embedding weights file (format {FORMAT})")
+        dim, hidden, coord_weight = int(state["dim"]), int(state["hidden"]), float(state["coord_weight"])
+        threshold = None if state.get("threshold") is None else float(state["threshold"])
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{path}: bad pixel-embedding settings ({exc})") from None
     backbone = efficientnet_lite("lite0", pretrained=False, num_classes=None, max_stride=16)
     ch = backbone.stage_channels
-    head = PixelEmbeddingHead(
-        ch[8], ch[16], dim=int(state["dim"]), hidden=int(state["hidden"]), coord_weight=state["coord_weight"]
-    )
-    try:
-        backbone.load_state_dict({k: v.float() for k, v in state["backbone"].items()})
-        head.load_state_dict({k: v.float() for k, v in state["head"].items()})
-    except (RuntimeError, KeyError) as exc:
-        raise WeightsError(f"pixel-embedding weights {path} do not fit: {exc}") from exc
-    embedder = PixelEmbedder(backbone, head, threshold=state.get("threshold"))
+    head = PixelEmbeddingHead(ch[8], ch[16], dim=dim, hidden=hidden, coord_weight=coord_weight)
+    for name, module in (("backbone", backbone), ("head", head)):
+        load_weights(module, {k: v.float() for k, v in parts[name].items()}, source=f"{path} ({name})")
+    embedder = PixelEmbedder(backbone, head, threshold=threshold)
     embedder.backbone_source = str(state.get("backbone_source", "unknown"))
     return embedder.to(device).eval()
 

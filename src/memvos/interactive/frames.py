@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from memvos.errors import InputError
+from memvos.io.atomic import atomic_write
 from memvos.io.frames import FrameSource, open_frames
 
 logger = logging.getLogger(__name__)
@@ -59,9 +60,8 @@ class FrameStore:
         for stem, rgb in self.source:  # raises InputError naming a frame that fails to decode
             f = folder / f"{stem}.png"
             if not f.is_file():
-                tmp = folder / f".{stem}.png.tmp"
-                Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
-                tmp.replace(f)
+                image = Image.fromarray(rgb)
+                atomic_write(f, lambda fh, im=image: im.save(fh, format="PNG", compress_level=1), fsync=False)
             files.append(f)
         self.names = list(self.source.names)[: len(files)]
         if not files:

@@ -166,6 +166,25 @@ def decode_image_bytes(data: np.ndarray) -> np.ndarray | None:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def decode_jpeg_strict(data: np.ndarray, path: Path) -> np.ndarray | None:
+    """(H, W, 3) uint8 RGB of a JPEG, refusing data that libjpeg only *warns* about.
+
+    libjpeg decodes a damaged JPEG ("Corrupt JPEG data: ...", "Premature end of JPEG file") into a grey or
+    smeared picture with a warning on stderr; segmenting that as a valid frame would be a silent error.
+    With ``simplejpeg`` (libjpeg-turbo, strict mode: the same pixels as OpenCV's decoder) such a frame is an
+    :class:`InputError` naming it. None where simplejpeg is not installed (OpenCV decodes it then).
+    """
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    try:
+        return simplejpeg.decode_jpeg(data.tobytes(), colorspace="RGB", strict=True)
+    except ValueError as exc:
+        reason = " ".join(str(exc).split())
+        raise InputError(f"frame {path} is a damaged JPEG ({reason})") from None
+
+
 def decode_image_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an image file, EXIF orientation ignored (as masks are read).
 
@@ -176,6 +195,10 @@ def decode_image_rgb(path: Path) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)  # also for non-ASCII paths, unlike cv2.imread
     except OSError as exc:
         raise InputError(f"cannot read frame {path}: {exc}") from exc
+    if data[:3].tobytes() == b"\xff\xd8\xff":
+        rgb = decode_jpeg_strict(data, path)
+        if rgb is not None:
+            return rgb
     rgb = decode_image_bytes(data)
     if rgb is not None:
         return rgb

@@ -2,14 +2,17 @@
 
 Rules (each decoded mask becomes an (H, W) int32 array of object ids, 0 = background):
 
+* 255 is **void** (DAVIS: "unknown", e.g. object borders) wherever it is a label: it is read as background
+  and never tracked (the one exception is the binary DAVIS 2016 form below, where 255 *is* the object);
 * palette PNG (mode ``P``/``PA``): the pixel value is the object id (DAVIS 2017);
 * 1-bit image: white = object 1;
 * grayscale (``L``, ``LA`` with the alpha dropped, 16-bit ``I;16``/``I``): values {0, 255} (or {0, 65535})
-  mean a single object with id 1 (DAVIS 2016); otherwise the values are the ids, provided the image has few
-  distinct values.  A grayscale mask with many distinct values, or with 255 *and* values in 1-254, is
-  anti-aliased (or a JPEG that was re-saved) and is refused;
+  mean a single object with id 1 (DAVIS 2016); otherwise the values are the ids (255 void), provided the
+  image has few distinct values, all small ids.  A grayscale mask with many distinct values, or with large
+  values in 1-254, is anti-aliased (or a re-saved JPEG) and is refused;
 * RGB/RGBA (alpha dropped): an all-grey image follows the grayscale rules; otherwise every colour must be a
   DAVIS palette colour exactly and maps to its id;
+* lossy formats (JPEG, WebP) are refused: their compression noise would become extra objects;
 * a mask whose size differs from the frames by at most ``SIZE_TOLERANCE`` pixels in each dimension is padded
   with background / cropped at the bottom and right, with a warning; larger differences are an error.
 """
@@ -26,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from memvos.errors import InputError
 from memvos.io.palette import palette_ids_for_colors
 
-__all__ = ["MAX_GRAY_IDS", "SIZE_TOLERANCE", "open_masks", "read_mask"]
+__all__ = ["LOSSY_FORMATS", "MAX_GRAY_IDS", "SIZE_TOLERANCE", "VOID_ID", "open_masks", "read_mask"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,12 @@ SIZE_TOLERANCE = 2
 
 MAX_GRAY_IDS = 64
 """A grayscale mask with more distinct values than this is taken for an anti-aliased image, not an id map."""
+
+VOID_ID = 255
+"""The DAVIS void label: read as background, never tracked, never written."""
+
+#: Image formats whose compression changes pixel values: never id maps.
+LOSSY_FORMATS = frozenset({"JPEG", "MPO", "JPEG2000", "WEBP"})
 
 _READ_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
 
@@ -61,14 +70,31 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
     return ids
 
 
+def _refuse_lossy(im: Image.Image, path: Path) -> None:
+    if (im.format or "").upper() in LOSSY_FORMATS:
+        raise InputError(
+            f"mask {path} is a {im.format} image: lossy compression turns its edges into stray object ids; "
+            "save masks as PNG"
+        )
+
+
+def _drop_void(ids: np.ndarray) -> np.ndarray:
+    """Void (255) pixels -> background (0), in place."""
+    void = ids == VOID_ID
+    if void.any():
+        ids[void] = 0
+    return ids
+
+
 def _decode(im: Image.Image, path: Path) -> np.ndarray:
     """Pillow image -> (H, W) int32 ids, following the module rules."""
+    _refuse_lossy(im, path)
     mode = im.mode
     if mode in ("P", "PA"):
         arr = np.asarray(im)
         if arr.ndim == 3:
             arr = arr[..., 0]
-        return arr.astype(np.int32)
+        return _drop_void(arr.astype(np.int32))
     if mode == "1":
         return np.asarray(im).astype(np.int32)
     if mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L"):
@@ -92,12 +118,16 @@ def _gray_ids(arr: np.ndarray, path: Path) -> np.ndarray:
     if np.isin(values, (0, full)).all():
         return (arr == full).astype(np.int32)  # DAVIS 2016: one object
     between = values[(values > 0) & (values < full)]
-    if len(values) > MAX_GRAY_IDS or (values[-1] == full and len(between) > 0):
+    if len(values) > MAX_GRAY_IDS or (values[-1] == full and int(between.max()) > MAX_GRAY_IDS):
         raise InputError(
-            f"mask {path} is a grayscale image with {len(values)} distinct values (anti-aliased?); "
-            "use 0/255 for one object or a palette PNG with one value per object"
+            f"mask {path} is a grayscale image with {len(values)} distinct values from {int(values[0])} to "
+            f"{int(values[-1])} (anti-aliased or lossy?); use 0/255 for one object, or one small value "
+            f"per object (1-{MAX_GRAY_IDS}, 255 = void), or a palette PNG"
         )
-    return arr.astype(np.int32)
+    ids = arr.astype(np.int32)
+    if full != VOID_ID:
+        ids[ids == full] = 0  # 16-bit: the full value is void too
+    return _drop_void(ids)
 
 
 def _rgb_ids(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -113,7 +143,7 @@ def _rgb_ids(arr: np.ndarray, path: Path) -> np.ndarray:
             f"mask {path} is an RGB image with {missing} colours not in the DAVIS palette (anti-aliased?); "
             "save it as a palette PNG"
         )
-    return ids[inverse].reshape(arr.shape[:2]).astype(np.int32)
+    return _drop_void(ids[inverse].reshape(arr.shape[:2]).astype(np.int32))
 
 
 def _check_size(mask_hw: tuple[int, int], size: tuple[int, int], path: Path) -> bool:
@@ -206,6 +236,7 @@ def _check_header(path: Path, size: tuple[int, int] | None) -> None:
     try:
         with Image.open(path) as im:
             w, h = im.size
+            _refuse_lossy(im, path)
     except _READ_ERRORS as exc:
         raise InputError(f"cannot read mask {path}: {exc}") from exc
     if size is not None:

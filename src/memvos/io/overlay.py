@@ -15,6 +15,9 @@ import numpy as np
 from memvos.errors import InputError
 from memvos.io.palette import OVERLAY_COLORS
 
+#: Containers the overlay video can be written in (H.264 / MPEG-4 streams).
+OVERLAY_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi"})
+
 __all__ = ["OverlayWriter", "overlay"]
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,19 @@ def overlay(frame_rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np
     return out
 
 
+def check_video_path(path: str | Path) -> Path:
+    """``path`` if it names a video file memvos can write (by its suffix), else a one-line InputError."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"overlay {path} is a folder; give a video file name such as overlay.mp4")
+    if path.suffix.lower() not in OVERLAY_SUFFIXES:
+        raise InputError(
+            f"overlay {path}: unknown video type {path.suffix or '(no suffix)'!r}; use one of "
+            + ", ".join(sorted(OVERLAY_SUFFIXES))
+        )
+    return path
+
+
 class OverlayWriter:
     """Writes overlays of label maps on frames to a video file (H.264, yuv420p in an mp4 by default).
 
@@ -82,7 +98,7 @@ class OverlayWriter:
     ) -> None:
         import av
 
-        self.path = Path(path)
+        self.path = check_video_path(path)
         self.fps = float(fps) if fps and fps > 0 else 24.0
         self.alpha = alpha
         self.crf = crf

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
-import uuid
 from pathlib import Path
 from types import TracebackType
 
@@ -14,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from memvos.errors import InputError
+from memvos.io.atomic import atomic_write
 from memvos.io.palette import DAVIS_PALETTE
 
 __all__ = ["MaskWriter", "write_palette_png"]
@@ -30,7 +29,8 @@ def write_palette_png(path: str | Path, labels: np.ndarray) -> None:
     """Write (H, W) integer object ids as a DAVIS palette PNG (pixel value = id).
 
     The file is written to a temporary name in the same folder and moved into place with ``os.replace``,
-    so a reader (or an interrupted run) never sees a half-written mask.  Ids must be 0..255.
+    so a reader (or an interrupted run) never sees a half-written mask.  Ids must be 0..254 (255 is the DAVIS
+    void label, never written).
     """
     path = Path(path)
     labels = np.asarray(labels)
@@ -40,19 +40,15 @@ def write_palette_png(path: str | Path, labels: np.ndarray) -> None:
         raise ValueError(f"labels for {path} must be integers, got {labels.dtype}")
     if labels.size:
         lo, hi = int(labels.min()), int(labels.max())
-        if hi > 255 or lo < 0:
-            bad = hi if hi > 255 else lo
-            raise InputError(f"object id {bad} does not fit in a palette PNG (max 255): {path}")
+        if hi >= 255 or lo < 0:
+            bad = hi if hi >= 255 else lo
+            raise InputError(
+                f"object id {bad} does not fit in a palette PNG (ids 0-254; 255 is void): {path}"
+            )
     im = Image.fromarray(labels.astype(np.uint8, copy=False))
     im.putpalette(_PALETTE_BYTES)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            im.save(fh, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # no fsync: masks are many small files, re-created by re-running; the rename alone keeps them whole
+    atomic_write(path, lambda fh: im.save(fh, format="PNG", compress_level=PNG_COMPRESS_LEVEL), fsync=False)
 
 
 class MaskWriter:

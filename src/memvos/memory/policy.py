@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from memvos.errors import OptionError
+
 
 class EntryKind(enum.Enum):
     """How long a memory entry lives.
@@ -39,9 +41,11 @@ class MemoryPolicy:
 
     def __post_init__(self) -> None:
         if self.mem_every < 0:
-            raise ValueError("mem_every must be >= 0")
+            raise OptionError(f"mem_every must be >= 0, not {self.mem_every}")
         if self.max_frames is not None and self.max_frames < 1:
-            raise ValueError("max_frames must be >= 1 (or None for unbounded)")
+            raise OptionError(
+                f"the memory capacity must be >= 1 frame (0 or None: unbounded), not {self.max_frames}"
+            )
 
     def kind_for(self, frame_index: int, first_annotated: int, annotated: bool) -> EntryKind | None:
         """Kind of entry frame ``frame_index`` becomes once it has been segmented (None: not memorised)."""

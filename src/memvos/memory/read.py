@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from memvos.errors import OptionError
+
 ReadKind = Literal["stm", "kmn"]
 
 #: Affinity elements (query chunk x M) materialised at once per batch entry. Small enough (2 MiB of
@@ -163,11 +165,11 @@ class MemoryReader:
 
     def __post_init__(self) -> None:
         if self.kind not in ("stm", "kmn"):
-            raise ValueError(f"unknown memory read {self.kind!r} (choose stm or kmn)")
+            raise OptionError(f"unknown memory read {self.kind!r} (choose stm or kmn)")
         if self.sigma <= 0:
-            raise ValueError("kmn sigma must be > 0")
+            raise OptionError(f"kmn sigma must be > 0, not {self.sigma}")
         if self.top_k is not None and self.top_k < 1:
-            raise ValueError("top_k must be >= 1")
+            raise OptionError(f"top_k must be >= 1, not {self.top_k}")
 
     def _chunks(self, m: int, q: int, elements: int | None = None) -> list[slice]:
         step = max(1, min(q, (elements or self.chunk_elements) // max(m, 1)))

@@ -20,9 +20,13 @@ class TrainConfig:
     pretrained_backbone: bool = True  # ImageNet EfficientNet-Lite weights for the backbone
     freeze_backbone_stride: int = 8  # freeze backbone blocks up to this output stride (0: train all)
     # data
-    davis_roots: list[str] = field(default_factory=lambda: ["../shared/data/davis16-train-240p"])
-    val_root: str | None = "../shared/data/davis16-train-240p"
+    davis_roots: list[str] = field(default_factory=lambda: ["../shared/data/davis16-train"])
+    val_root: str | None = "../shared/data/davis16-train"
     val_sequences: list[str] = field(default_factory=list)  # held out from training, scored with J&F
+    # sequence -> [start, stop) frames kept for training (e.g. later frames of a clip held out)
+    train_frame_limits: dict[str, list[int]] = field(default_factory=dict)
+    frames_per_sample: int = 3  # frames of a training clip: the first is given, the others read memory
+    distractor_prob: float = 0.0  # chance of compositing a moving look-alike copy of one of the objects
     static_prob: float = 0.0  # fraction of samples that are static-image pseudo-videos
     static_photos: bool = True  # use scikit-image photos as backgrounds with pasted objects
     paste_prob: float = 0.5  # chance of pasting an object from another video (multi-object samples)
@@ -74,6 +78,8 @@ class TrainConfig:
             raise MemvosError(f"unknown config keys: {', '.join(unknown)}")
         cfg = cls(**data)
         cfg.scale_range = tuple(cfg.scale_range)
+        if cfg.frames_per_sample < 3:
+            raise MemvosError(f"frames_per_sample must be at least 3, not {cfg.frames_per_sample}")
         return cfg
 
     def to_dict(self) -> dict:

@@ -1,8 +1,8 @@
-"""Training samples: three-frame clips from DAVIS-layout videos and static-image pseudo-videos.
+"""Training samples: T-frame clips from DAVIS-layout videos and static-image pseudo-videos.
 
 A sample is a pure function of (seed, rank, index), so training resumes exactly and DDP ranks differ.
-Each sample holds ``frames`` (3, 3, S, S) float in [0, 1], ``masks`` (3, O, S, S) float {0, 1}
-(O = max_objects, unused slots empty) and ``valid`` (O,) bool.
+Each sample holds ``frames`` (T, 3, S, S) float in [0, 1], ``masks`` (T, O, S, S) float {0, 1}
+(T = ``cfg.frames_per_sample``, O = max_objects, unused slots empty) and ``valid`` (O,) bool.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from memvos.errors import MemvosError
 from memvos.io.frames import natural_key
+from memvos.io.layout import resolve_dir, sequence_dirs
 from memvos.io.masks import read_mask
 from memvos.training import augment
 from memvos.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-FRAMES_PER_SAMPLE = 3
+#: Fewest frames a training sequence needs (the shortest clip the loss can use: one memory, two queries).
+MIN_FRAMES = 3
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 #: scikit-image photos bundled with the package (no download), used as static-training backgrounds.
 SKIMAGE_PHOTOS = (
@@ -55,29 +57,39 @@ class Sequence:
     masks: tuple[Path, ...]
 
 
-def index_davis(root: str | Path, exclude: set[str] = frozenset()) -> list[Sequence]:
-    """Sequences of ``root/JPEGImages/<seq>`` with masks in ``root/Annotations/<seq>`` (every frame)."""
+def index_davis(
+    root: str | Path,
+    exclude: set[str] = frozenset(),
+    frame_limits: dict[str, list[int]] | None = None,
+) -> list[Sequence]:
+    """Sequences of ``root/JPEGImages/<seq>`` with masks in ``root/Annotations/<seq>`` (every frame).
+
+    ``frame_limits`` maps a sequence name to ``[start, stop)`` frame indices to keep (the rest is held out).
+    """
     root = Path(root)
     img_root, ann_root = root / "JPEGImages", root / "Annotations"
     if not img_root.is_dir() or not ann_root.is_dir():
         raise MemvosError(f"{root} is not a DAVIS-layout dataset (JPEGImages/ and Annotations/ expected)")
     out = []
-    for seq_dir in sorted(p for p in img_root.iterdir() if p.is_dir()):
-        if seq_dir.name in exclude:
+    for name, seq_dir in sorted(sequence_dirs(img_root).items()):
+        if name in exclude:
             continue
         frames = sorted(
             (p for p in seq_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES),
             key=lambda p: natural_key(p.name),
         )
-        masks = [ann_root / seq_dir.name / f"{p.stem}.png" for p in frames]
-        if len(frames) >= FRAMES_PER_SAMPLE and all(m.is_file() for m in masks):
-            out.append(Sequence(seq_dir.name, tuple(frames), tuple(masks)))
+        if frame_limits and name in frame_limits:
+            start, stop = frame_limits[name]
+            frames = frames[start:stop]
+        masks = [resolve_dir(ann_root / name) / f"{p.stem}.png" for p in frames]
+        if len(frames) >= MIN_FRAMES and all(m.is_file() for m in masks):
+            out.append(Sequence(name, tuple(frames), tuple(masks)))
         else:
-            logger.warning("skipping %s: fewer than 3 frames or missing masks", seq_dir)
+            logger.warning("skipping %s: fewer than %d frames or missing masks", seq_dir, MIN_FRAMES)
     return out
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=4096)
 def _load_image(path: Path) -> Tensor:
     with Image.open(path) as im:
         arr = np.asarray(im.convert("RGB"))
@@ -89,7 +101,7 @@ def load_frame(path: Path) -> Tensor:
     return _load_image(path).float() / 255.0
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=4096)
 def load_ids(path: Path) -> np.ndarray:
     return read_mask(path)
 
@@ -127,8 +139,9 @@ class ClipSampler:
     """Builds training samples (see module docstring) from DAVIS-layout sequences and photos."""
 
     def __init__(self, cfg: TrainConfig, sequences: list[Sequence], photos: list[Tensor] | None = None):
+        sequences = [s for s in sequences if len(s.frames) >= cfg.frames_per_sample]
         if not sequences:
-            raise MemvosError("no training sequences found")
+            raise MemvosError(f"no training sequences with at least {cfg.frames_per_sample} frames found")
         self.cfg = cfg
         self.sequences = sequences
         self.photos = photos if photos is not None else (skimage_photos() if cfg.static_photos else [])
@@ -147,6 +160,8 @@ class ClipSampler:
                 and rng.random() < self.cfg.paste_prob
             ):
                 frames, masks = self._paste(rng, frames, masks, iteration)
+            if masks.shape[1] and rng.random() < self.cfg.distractor_prob:
+                frames, masks = self._distractor(rng, frames, masks)
             present = masks[0].flatten(1).sum(1) >= 16  # objects must be visible on the first frame
             masks = masks[:, present]
             if masks.shape[1] > 0:
@@ -155,21 +170,23 @@ class ClipSampler:
 
     # ------------------------------------------------------------------ video clips
     def _video_frames(self, rng: np.random.Generator, iteration: int) -> tuple[Sequence, list[int]]:
+        """A sequence and ``frames_per_sample`` increasing frame indices (reversed half of the time)."""
+        t = self.cfg.frames_per_sample
         seq = self.sequences[int(rng.integers(len(self.sequences)))]
         n = len(seq.frames)
-        gap = max(1, min(max_gap(self.cfg, iteration), (n - 1) // 2))
-        first = int(rng.integers(0, n - 2))
+        gap = max(1, min(max_gap(self.cfg, iteration), (n - 1) // (t - 1)))
+        first = int(rng.integers(0, n - t + 1))
         idx = [first]
-        for _ in range(FRAMES_PER_SAMPLE - 1):
+        for _ in range(t - 1):
             idx.append(min(n - 1, idx[-1] + int(rng.integers(1, gap + 1))))
-        if len(set(idx)) < FRAMES_PER_SAMPLE:  # reached the end: take the last three frames
-            idx = [n - 3, n - 2, n - 1]
+        if len(set(idx)) < t:  # reached the end: take the last t frames
+            idx = list(range(n - t, n))
         if rng.random() < 0.5:
             idx = idx[::-1]  # time-reversed clips are valid clips too
         return seq, idx
 
     def _video(self, rng: np.random.Generator, iteration: int) -> tuple[Tensor, Tensor]:
-        """(3, 3, S, S) frames and (3, O, S, S) masks of up to max_objects objects of one sequence."""
+        """(T, 3, S, S) frames and (T, O, S, S) masks of up to max_objects objects of one sequence."""
         seq, idx = self._video_frames(rng, iteration)
         ids = [load_ids(seq.masks[i]) for i in idx]
         present = [int(v) for v in np.unique(ids[0]) if v != 0]
@@ -227,7 +244,7 @@ class ClipSampler:
         raise MemvosError("could not find a frame with an object")
 
     def _static(self, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
-        """Three deformations (affine + thin-plate spline) of one still, with Hide-and-Seek occlusion."""
+        """T deformations (affine + thin-plate spline) of one still, with Hide-and-Seek occlusion."""
         s = self.cfg.crop_size
         if self.photos and rng.random() < 0.5:
             # a photo with 1..max_objects objects cut from DAVIS frames pasted on it
@@ -252,7 +269,7 @@ class ClipSampler:
             y, x = augment.random_crop_box(rng, h, w, s, m)
             image, masks_t = f[:, y : y + s, x : x + s], m[:, y : y + s, x : x + s]
         frames, out_masks = [], []
-        for _ in range(FRAMES_PER_SAMPLE):
+        for _ in range(self.cfg.frames_per_sample):
             f, m = augment.random_deform(rng, image, masks_t)
             f = augment.hide_and_seek(rng, f)
             frames.append(augment.color_jitter(rng, f))
@@ -283,7 +300,7 @@ class ClipSampler:
     def _paste(
         self, rng: np.random.Generator, frames: Tensor, masks: Tensor, iteration: int
     ) -> tuple[Tensor, Tensor]:
-        """Paste one object of another clip (its 3 frames) in front of this clip's objects."""
+        """Paste one object of another clip (its T frames) in front of this clip's objects."""
         other_f, other_m = self._video(rng, iteration)
         if other_m.shape[1] == 0:
             return frames, masks
@@ -295,10 +312,49 @@ class ClipSampler:
         masks = torch.cat([masks * (1 - pm), pm], dim=1)
         return frames, masks
 
+    # ------------------------------------------------------------------ look-alike distractors
+    def _distractor(self, rng: np.random.Generator, frames: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        """Composite a copy of one of the clip's own objects, moving along its own smooth path.
+
+        The copy is mirrored half of the time, rescaled, slightly recoloured, and passes in front of the
+        scene (occluding it: the masks behind lose those pixels) or behind its objects. Half of the time it
+        is a tracked object of its own (if a slot is free), otherwise background: either way the model must
+        tell two look-alikes apart by where they are and what memory says, not by colour (the crowd and
+        same-kind failures). frames (T, 3, S, S), masks (T, O, S, S) -> the same shapes (O may grow by 1).
+        """
+        k = int(rng.integers(masks.shape[1]))
+        src = masks[:, k : k + 1]  # (T, 1, S, S)
+        if src[0].sum() < 64:
+            return frames, masks
+        t_len, s = frames.shape[0], frames.shape[-1]
+        mirror = -1.0 if rng.random() < 0.5 else 1.0
+        scale = rng.uniform(0.7, 1.25)
+        start = rng.uniform(-0.7, 0.7, size=2)
+        velocity = rng.uniform(-0.12, 0.12, size=2)
+        gain = torch.from_numpy(rng.uniform(0.85, 1.15, size=(3, 1, 1))).float()
+        in_front = rng.random() < 0.5
+        labelled = rng.random() < 0.5 and masks.shape[1] < self.cfg.max_objects
+        out_f, copy_m = [], []
+        for t in range(t_len):
+            tx, ty = start + velocity * t
+            theta = torch.tensor([[mirror / scale, 0.0, tx], [0.0, 1.0 / scale, ty]], dtype=torch.float32)
+            grid = torch.nn.functional.affine_grid(theta[None], [1, 1, s, s], align_corners=False)
+            f, m = augment.warp(frames[t], src[t], grid)
+            out_f.append((f * gain).clamp(0, 1))
+            copy_m.append(m)
+        obj_f, obj_m = torch.stack(out_f), torch.stack(copy_m)  # (T, 3, S, S), (T, 1, S, S)
+        if not in_front:
+            obj_m = obj_m * (1 - masks.sum(1, keepdim=True).clamp(0, 1))
+        frames = frames * (1 - obj_m) + obj_f * obj_m
+        masks = masks * (1 - obj_m)
+        if labelled:
+            masks = torch.cat([masks, obj_m], dim=1)
+        return frames, masks
+
     def _pack(self, frames: Tensor, masks: Tensor) -> dict[str, Tensor]:
         o = self.cfg.max_objects
         n = min(masks.shape[1], o)
-        out = torch.zeros((FRAMES_PER_SAMPLE, o, *masks.shape[-2:]))
+        out = torch.zeros((masks.shape[0], o, *masks.shape[-2:]))
         out[:, :n] = masks[:, :n]
         valid = torch.zeros(o, dtype=torch.bool)
         valid[:n] = True

@@ -26,8 +26,9 @@ from memvos.interactive.loss import closest_distances, pml_triplet_loss
 from memvos.models.lite import LiteMemoryNetwork
 from memvos.models.registry import load_model, shipped_weights_path
 from memvos.models.weights import load_weights, read_state_dict
+from memvos.precision import autocast
 from memvos.training.config import TrainConfig
-from memvos.training.trainer import StageTrainer, _autocast, _lr_factor
+from memvos.training.trainer import StageTrainer, _lr_factor
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class PMLTrainer(StageTrainer):
             g["lr"] = cfg.lr * _lr_factor(cfg, it)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
         self.embedder.head.train()
-        with _autocast(self.precision, self.device):
+        with autocast(self.precision, self.device):
             loss, stats = pml_batch_loss(self.embedder, batch, self.settings, gen)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

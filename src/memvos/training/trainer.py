@@ -6,7 +6,6 @@ Runs on one CPU/GPU or under ``torchrun`` (DDP: gloo on CPU, NCCL on GPU). Check
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -24,11 +23,20 @@ from tqdm import tqdm
 
 from memvos.errors import MemvosError
 from memvos.inference.aggregation import soft_aggregate
-from memvos.inference.session import cpu_supports_bf16
 from memvos.memory.read import MemoryReader
 from memvos.models.base import QueryEncoding
 from memvos.models.lite import LiteMemoryNetwork
-from memvos.models.weights import fp16_state_dict, load_weights, read_state_dict, save_weights
+from memvos.models.weights import (
+    describe_content,
+    fp16_state_dict,
+    load_torch_file,
+    load_weights,
+    one_line,
+    plain,
+    read_state_dict,
+    save_weights,
+)
+from memvos.precision import autocast, training_precision
 from memvos.training.config import TrainConfig
 from memvos.training.data import ClipSampler, SampleStream, collate, index_davis, max_gap
 
@@ -51,10 +59,10 @@ def others_of(masks: Tensor) -> Tensor:
 def clip_loss(
     model: LiteMemoryNetwork, batch: dict[str, Tensor], reader: MemoryReader, bootstrap_ratio: float = 1.0
 ) -> tuple[Tensor, dict[str, float]]:
-    """Cross-entropy on the soft-aggregated predictions of frames 2 and 3 of every clip.
+    """Cross-entropy on the soft-aggregated predictions of frames 2..T of every clip.
 
-    Frame 2 reads the memory of frame 1 (given mask); frame 3 reads frames 1 and 2, frame 2 with its
-    *predicted* soft mask. batch: frames (B, 3, 3, H, W), masks (B, 3, O, H, W), valid (B, O).
+    Frame 2 reads the memory of frame 1 (given mask); frame t reads frames 1..t-1, each later one with its
+    *predicted* soft mask. batch: frames (B, T, 3, H, W), masks (B, T, O, H, W), valid (B, O).
     """
     frames, masks, valid = batch["frames"], batch["masks"], batch["valid"]
     b, t, o = masks.shape[:3]
@@ -121,12 +129,6 @@ def _setup_distributed(device: torch.device) -> tuple[int, int]:
     return rank, world
 
 
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def _freeze_bn(model: nn.Module) -> None:
     """Small batches: keep BatchNorm statistics fixed (as STM/STCN training does)."""
     for m in model.modules():
@@ -174,10 +176,7 @@ class StageTrainer:
             torch.cuda.set_device(self.device)
         self.rank, self.world = _setup_distributed(self.device)
         self.progress = progress and self.rank == 0
-        precision = cfg.precision
-        if precision == "auto":
-            precision = "fp16" if self.device.type == "cuda" else ("bf16" if cpu_supports_bf16() else "fp32")
-        self.precision = precision
+        self.precision = training_precision(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -212,31 +211,64 @@ class StageTrainer:
 
     # -------------------------------------------------------------- state
     def _resume(self) -> None:
+        """Continue from ``OUT/checkpoint.pth`` when there is one, read with ``weights_only=True``.
+
+        Raises:
+            MemvosError: one line naming the checkpoint and what is wrong with it (unreadable, truncated,
+                holding Python objects, another stage's, or not fitting this run).
+        """
         path = self.out / CHECKPOINT
         if not path.is_file():
             return
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_torch_file(path, kind="memvos training checkpoint")
+        expected = ["stage", *self.checkpoint_state(), "iteration", "torch_rng", "config"]
+        if not isinstance(state, dict) or "iteration" not in state or "torch_rng" not in state:
+            raise MemvosError(
+                f"{path} is not a memvos training checkpoint: it looks like {describe_content(state)}; "
+                f"expected keys: {', '.join(expected)} (use another --out folder)"
+            )
         if state.get("stage", "memory") != self.stage:
             raise MemvosError(f"{path} is not a {self.stage}-stage checkpoint; use another --out folder")
-        self.restore(state)
-        self.iteration = state["iteration"]
-        torch.set_rng_state(state["torch_rng"])
+        iteration = state["iteration"]
+        try:
+            if type(iteration) is not int or iteration < 0:
+                raise ValueError(f"iteration {iteration!r} is not a count")
+            self.restore(state)
+            torch.set_rng_state(state["torch_rng"])
+        except KeyError as exc:
+            raise MemvosError(
+                f"{path} is an incomplete {self.stage}-stage checkpoint (no {exc} entry; expected keys: "
+                f"{', '.join(expected)}); use another --out folder"
+            ) from None
+        except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            raise MemvosError(
+                f"{path} does not fit this {self.stage}-stage run ({one_line(exc)}); use another --out folder"
+            ) from None
+        self.iteration = iteration
         logger.info("resumed %s at iteration %d", path, self.iteration)
 
     def save_checkpoint(self) -> None:
+        """Write ``OUT/checkpoint.pth`` atomically (fsync, rename), holding only tensors and plain types so
+        that :meth:`_resume` reads it with ``weights_only=True``.
+
+        Raises:
+            MemvosError: the run folder or the file cannot be written (e.g. a full disk); an older
+                checkpoint is then left as it was.
+        """
         if self.rank != 0:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
         state = {
             "stage": self.stage,
             **self.checkpoint_state(),
-            "iteration": self.iteration,
+            "iteration": int(self.iteration),
             "torch_rng": torch.get_rng_state(),
-            "config": self.cfg.to_dict(),
+            "config": plain(self.cfg.to_dict()),
         }
-        tmp = self.out / (CHECKPOINT + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.out / CHECKPOINT)
+        path = self.out / CHECKPOINT
+        try:
+            save_weights(state, path)  # atomic; checks that the state holds only tensors and plain types
+        except OSError as exc:
+            raise MemvosError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
         logger.info("checkpoint at iteration %d", self.iteration)
 
     def _log(self, record: dict) -> None:
@@ -250,7 +282,7 @@ class StageTrainer:
     def _loader(self) -> torch.utils.data.DataLoader:
         cfg = self.cfg
         exclude = set(cfg.val_sequences)
-        seqs = [s for root in cfg.davis_roots for s in index_davis(root, exclude)]
+        seqs = [s for root in cfg.davis_roots for s in index_davis(root, exclude, cfg.train_frame_limits)]
         sampler = ClipSampler(cfg, seqs, photos=self.sampler_photos())
         stream = SampleStream(sampler, cfg.seed, self.rank, cfg.batch_size, self.iteration)
         return torch.utils.data.DataLoader(
@@ -383,7 +415,7 @@ class Trainer(StageTrainer):
         for g, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             g["lr"] = base * _lr_factor(cfg, it)
         ratio = cfg.bootstrap_ratio if it >= cfg.bootstrap_start else 1.0
-        with _autocast(self.precision, self.device):
+        with autocast(self.precision, self.device):
             loss, stats = self.loss_fn(batch, ratio)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -372,10 +372,9 @@ def packaged_weights_path(variant: str) -> Path:
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """``torch.load`` a state dict on CPU (weights only); WeightsError naming the file on any failure."""
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling / IO failure is a bad weights file
-        raise WeightsError(f"{path}: cannot read EfficientNet-Lite weights ({exc})") from exc
+    from memvos.models.weights import load_torch_file  # one safe load for every weights file
+
+    sd = load_torch_file(path, kind="EfficientNet-Lite weights file")
     if not isinstance(sd, dict):
         raise WeightsError(f"{path}: expected a state dict, got {type(sd).__name__}")
     return sd
