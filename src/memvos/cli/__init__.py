@@ -15,7 +15,7 @@ from types import FrameType
 from memvos.errors import MemvosError
 
 # Sub-command modules; each defines ``register(subparsers)`` which adds its parser and sets ``func``.
-_COMMANDS = ["segment", "eval_cmd", "run_dataset", "train_cmd", "bench", "ui"]
+_COMMANDS = ["segment", "eval_cmd", "run_dataset", "train_cmd", "bench", "ui", "export_cmd"]
 
 
 #: Exit statuses of a run stopped by SIGINT (Ctrl-C) and SIGTERM (timeout, kill, job schedulers).

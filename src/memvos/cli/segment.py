@@ -175,9 +175,7 @@ def run(args: argparse.Namespace) -> int:
     from memvos.io.records import claim_output_folder, complete_record
     from memvos.io.writers import MaskWriter
 
-    check_outputs(
-        reads=[args.source, args.mask, args.weights], out_dirs=[args.out], out_files=[args.overlay]
-    )
+    check_outputs(reads=[args.source, args.mask, args.weights], out_dirs=[args.out], out_files=[args.overlay])
     if args.overlay is not None:
         check_video_path(args.overlay)
         prepare_output_file(args.overlay)
