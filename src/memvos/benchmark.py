@@ -305,8 +305,11 @@ def machine_info(device: torch.device | None = None) -> dict[str, object]:
 def _session_settings(session: InferenceSession) -> dict[str, object]:
     return {
         "precision": session.precision,
+        "backend": getattr(session, "backend", "torch"),
         "device": str(session.device),
         "memory_read": session.reader.kind,
+        "kmn_sigma": session.reader.sigma,
+        "compile": session.compile,
         "top_k": session.reader.top_k,
         "mem_every": session.policy.mem_every,
         "max_memory_frames": session.policy.max_frames,
@@ -434,7 +437,7 @@ def format_report(report: Mapping[str, object]) -> str:
         f"model {s.get('model', '?')}  {s['width']}x{s['height']}"
         + (f"  {objects} object(s)" if objects else "")
         + f"  {report['frames']} frames ({s['warmup']} warm-up)"
-        + f"  precision {s['precision']}  device {s['device']}"
+        + f"  precision {s['precision']}  backend {s.get('backend', 'torch')}  device {s['device']}"
         + ("  subnormals flushed" if s.get("flush_denormals") else ""),
         f"machine: {m['cpu']} ({m.get('cpu_capability', '?')}), {m['cores_usable']}/{m['cores']} cores, "
         f"{m['torch_threads']} torch threads, "

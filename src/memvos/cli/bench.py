@@ -63,7 +63,7 @@ def _session(args: argparse.Namespace):
 
     if not args.random_weights:
         try:
-            return session_from_args(args)
+            return session_from_args(args, frame_hw=(args.height, args.width))
         except WeightsError as exc:
             shipped = shipped_weights_path(args.model) if args.model in MODELS else None
             if args.weights is None and (shipped is None or not shipped.is_file()):

@@ -80,6 +80,8 @@ def _device_for_rank(device: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from memvos.cli.segment import session_from_args
     from memvos.inference.dataset import Shard, list_sequences, run_dataset
+    from memvos.io.frames import open_frames
+    from memvos.io.layout import resolve_dir
 
     root: Path = args.root
     if not root.is_dir():
@@ -92,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{root} has no Annotations/ folder: the first mask of each object is needed")
     shard = Shard.parse(args.shard)
     args.device = _device_for_rank(args.device)
-    session = session_from_args(args)  # loaded once; each sequence starts from a reset session
+    first = open_frames(resolve_dir(root / "JPEGImages" / all_seqs[0])) if all_seqs else None
+    frame_hw = (first.height, first.width) if first is not None else None  # where --backend auto measures
+    session = session_from_args(args, frame_hw=frame_hw)  # loaded once; each sequence: a reset session
 
     def make_session():
         session.reset()

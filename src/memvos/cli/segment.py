@@ -9,6 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from memvos.errors import InputError
+from memvos.inference.backends import BACKENDS
 from memvos.models.registry import DEFAULT_MODEL, MODELS
 from memvos.precision import PRECISIONS
 
@@ -70,6 +71,14 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="torch, or onnxruntime on the model's exported graphs (float32; pip install "
+        "'memvos[onnx]'); auto measures both once per CPU and frame size and keeps the faster "
+        "(torch without onnxruntime, on CUDA and for --precision fp32)",
+    )
+    g.add_argument(
         "--size",
         type=int,
         default=None,
@@ -102,6 +111,7 @@ def run_settings(args: argparse.Namespace) -> dict:
         "max_memory_frames": args.max_memory_frames,
         "precision": args.precision,
         "size": args.size,
+        "backend": getattr(args, "backend", "torch"),
     }
 
 
@@ -114,16 +124,19 @@ def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def session_from_args(args: argparse.Namespace, model=None):
+def session_from_args(args: argparse.Namespace, model=None, frame_hw: tuple[int, int] | None = None):
     """Build an :class:`InferenceSession` from :func:`add_session_arguments` options.
 
-    ``model``: use this model instead of loading ``args.model`` with ``args.weights``.
+    ``model``: use this model instead of loading ``args.model`` with ``args.weights`` (torch backend only).
+    ``frame_hw``: the video's frame size, at which ``--backend auto`` measures the backends.
     """
+    from memvos.inference.backends import choose_backend
     from memvos.inference.session import InferenceSession
     from memvos.models.registry import load_model
 
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
         raise InputError(f"unknown device {args.device!r} (use auto, cpu, cuda or cuda:N)")
+    given_model = model is not None
     if model is None:
         model = load_model(args.model, args.weights)
     kwargs = {}
@@ -131,18 +144,32 @@ def session_from_args(args: argparse.Namespace, model=None):
         kwargs["max_memory_frames"] = None if args.max_memory_frames == 0 else args.max_memory_frames
     if args.size is not None:
         kwargs["size"] = args.size or None
-    return InferenceSession(
-        model,
+    kwargs.update(
         memory_read=args.memory_read,
         kmn_sigma=args.kmn_sigma,
         top_k=args.top_k,
         mem_every=args.mem_every,
-        precision=args.precision,
         device=args.device,
-        compile=args.compile,
         flush_denormals=None if args.flush_denormals else False,
-        **kwargs,
     )
+    backend = getattr(args, "backend", "torch")
+    precision = args.precision
+    if not given_model:
+        model, backend, precision = choose_backend(
+            backend,
+            model,
+            model_name=args.model,
+            weights=args.weights,
+            precision=args.precision,
+            device=args.device,
+            frame_hw=frame_hw,
+            session_kwargs=kwargs,
+        )
+    session = InferenceSession(
+        model, precision=precision, compile=args.compile and backend == "torch", **kwargs
+    )
+    session.backend = backend
+    return session
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -181,16 +208,17 @@ def run(args: argparse.Namespace) -> int:
         prepare_output_file(args.overlay)
     frames = open_frames(args.source)
     masks = open_masks(args.mask, frames.names, (frames.height, frames.width))
-    session = session_from_args(args)
+    session = session_from_args(args, frame_hw=(frames.height, frames.width))
     settings = {"command": "segment", "source": str(resolved(args.source)), "mask": str(resolved(args.mask))}
     claim_output_folder(args.out, {**settings, **run_settings(args)}, overwrite=args.overwrite)
     logger.info(
-        "%s: %d frames %dx%d, model %s (%s, %s), masks on %d frame(s)",
+        "%s: %d frames %dx%d, model %s (%s, %s, %s), masks on %d frame(s)",
         args.source,
         len(frames),
         frames.width,
         frames.height,
         args.model,
+        session.backend,
         session.precision,
         session.device,
         len(masks),

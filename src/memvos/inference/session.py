@@ -166,6 +166,8 @@ class InferenceSession:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.exact = self.precision == "fp32"
+        #: "torch", or "onnxruntime" when ``model`` is exported graphs (memvos.inference.backends)
+        self.backend = "onnxruntime" if type(model).__name__ == "OnnxModel" else "torch"
         if self.device.type == "cpu":
             logger.debug("precision %s (asked: %s) on a %s CPU", self.precision, precision, describe_cpu())
         if flush_denormals is None:
@@ -412,10 +414,7 @@ class InferenceSession:
         return t if t.dtype == torch.uint8 else t.float().div_(255.0)
 
     def _processing_hw(self, h: int, w: int) -> tuple[int, int]:
-        if self.size is None or min(h, w) <= self.size:  # downscale only: small videos stay as they are
-            return h, w
-        scale = self.size / min(h, w)
-        return max(1, round(h * scale)), max(1, round(w * scale))
+        return processing_hw(h, w, self.size)
 
     def _resize(self, frame: Tensor) -> Tensor:
         """(1, 3, H, W) uint8 or float in [0, 1] -> float (1, 3, h', w') at the processing size.
@@ -454,6 +453,14 @@ class InferenceSession:
             others = _others(masks)
             key, value = self.model.encode_memory(p.image, p.query, masks, others)
         self.memory.add(MemoryEntry(p.index, p.kind, key, value, p.object_ids))
+
+
+def processing_hw(h: int, w: int, size: int | None) -> tuple[int, int]:
+    """The size a frame of ``h`` x ``w`` is processed at: shorter side at most ``size`` (None: original)."""
+    if size is None or min(h, w) <= size:  # downscale only: small videos stay as they are
+        return h, w
+    scale = size / min(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def resize_probs(probs: Tensor, hw: tuple[int, int]) -> Tensor:
