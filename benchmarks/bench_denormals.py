@@ -21,11 +21,11 @@ import time
 
 from bench_segment import DATA, ping_pong  # this folder's clip helpers (the script's folder is on sys.path)
 
-from memvos.benchmark import StageTimer
 from memvos.inference.session import InferenceSession
 from memvos.io.frames import decode_image_rgb
 from memvos.io.masks import read_mask
 from memvos.models.registry import load_model
+from memvos.timing import StageTimer
 
 
 def main() -> int:

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from memvos.benchmark import STAGES, StageTimer, SyntheticVideo, blob_mask, run_benchmark
+from memvos.benchmark import SyntheticVideo, blob_mask, run_benchmark
 from memvos.cli import main
 from memvos.errors import InputError
 from memvos.inference.session import InferenceSession
 from memvos.models.registry import shipped_weights_path
+from memvos.timing import STAGES, StageTimer
 
 BENCH = [
     "bench",

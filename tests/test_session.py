@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from memvos.errors import InputError
 from memvos.inference import session as session_module
-from memvos.inference.aggregation import labels_from_chunks, labels_from_probs, soft_aggregate
+from memvos.inference.aggregation import labels_from_chunks, labels_from_probs, others_of, soft_aggregate
 from memvos.inference.padding import compute_pad, pad_to_multiple, unpad
 from memvos.inference.session import InferenceSession
 from memvos.memory.bank import MemoryBank, MemoryEntry
@@ -554,10 +554,12 @@ def test_many_objects(clip) -> None:
 @pytest.mark.parametrize("n", [3, 17, 25])
 def test_others_channel_is_clamped_sum_of_the_other_objects(n: int) -> None:
     masks = torch.rand(n, 5, 7, generator=torch.Generator().manual_seed(n)) * 0.4
-    got = session_module._others(masks)
+    got = others_of(masks)
     for o in range(n):
         want = (masks.sum(0) - masks[o]).clamp(0, 1)
         torch.testing.assert_close(got[o], want, atol=1e-6, rtol=0)
+    batched = others_of(masks[None].expand(2, -1, -1, -1), dim=1)  # training's (B, O, H, W) layout
+    torch.testing.assert_close(batched[1], got, atol=0, rtol=0)
 
 
 def test_processing_size_returns_full_size_labels(clip) -> None:

@@ -82,3 +82,26 @@ def labels_from_chunks(chunks: Iterable[Tensor], ids: list[int]) -> Tensor:
     if labels is None or start != len(ids) + 1:
         raise ValueError(f"{start} channels for {len(ids)} ids")
     return labels
+
+
+#: Objects whose "others" channel is built exactly as the STM reference (sum of slices); above this the
+#: cheaper total-minus-own form is used (equal up to float rounding).
+EXACT_OTHERS_MAX_OBJECTS = 16
+
+
+def others_of(masks: Tensor, dim: int = 0) -> Tensor:
+    """clamp(sum of the *other* objects' masks, 0, 1) along ``dim`` (the objects' axis), same shape.
+
+    The one home of STM's "others" input of the value encoder, for inference ((N, H, W), dim 0) and training
+    ((B, O, H, W), dim 1).
+    """
+    n = masks.shape[dim]
+    if n <= EXACT_OTHERS_MAX_OBJECTS:
+        zero = torch.zeros_like(masks.select(dim, 0))
+        rows = [
+            (masks.narrow(dim, 0, o).sum(dim) if o > 0 else zero)
+            + (masks.narrow(dim, o + 1, n - o - 1).sum(dim) if o + 1 < n else zero)
+            for o in range(n)
+        ]
+        return torch.stack(rows, dim).clamp(0, 1)
+    return (masks.sum(dim, keepdim=True) - masks).clamp(0, 1)

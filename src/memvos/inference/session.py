@@ -24,7 +24,7 @@ from torch import Tensor
 
 from memvos.denormals import flushed_denormals
 from memvos.errors import InputError, OptionError
-from memvos.inference.aggregation import labels_from_chunks, labels_from_probs, soft_aggregate
+from memvos.inference.aggregation import labels_from_chunks, labels_from_probs, others_of, soft_aggregate
 from memvos.inference.objects import ObjectManager
 from memvos.inference.padding import pad_to_multiple, unpad
 from memvos.io.masks import VOID_ID
@@ -35,14 +35,11 @@ from memvos.models.base import MemoryNetwork, QueryEncoding
 from memvos.precision import Precision, autocast, autocast_dtype, describe_cpu, resolve_precision
 
 if TYPE_CHECKING:
-    from memvos.benchmark import StageTimer
+    from memvos.timing import StageTimer
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT = object()
-#: Objects whose given-mask "others" channel is built exactly as the STM reference (sum of slices);
-#: above this the cheaper total-minus-own form is used (equal up to float rounding).
-_EXACT_OTHERS_MAX_OBJECTS = 16
 _NO_TIMER = contextlib.nullcontext()  # reusable no-op stage context when no timer is attached
 
 
@@ -135,7 +132,7 @@ class InferenceSession:
             frames are not upscaled; None or 0: original size; default: the model's ``default_size``).
             Probabilities are upsampled back (bilinear) to the original size before the argmax; user-given
             masks stay exact at the original size.
-        timer: optional :class:`memvos.benchmark.StageTimer` that records the time spent in the "encode",
+        timer: optional :class:`memvos.timing.StageTimer` that records the time spent in the "encode",
             "memory_read", "decode_head" and "memorise" stages (None: no timing, no overhead). Also
             settable later as ``session.timer``.
         compile: compile the query encoder with ``torch.compile`` (inductor, frozen weights) on its first
@@ -450,7 +447,7 @@ class InferenceSession:
         self._pending = None
         with self._time("memorise"):
             masks, _ = pad_to_multiple(p.probs, self.model.stride)
-            others = _others(masks)
+            others = others_of(masks)
             key, value = self.model.encode_memory(p.image, p.query, masks, others)
         self.memory.add(MemoryEntry(p.index, p.kind, key, value, p.object_ids))
 
@@ -469,16 +466,3 @@ def resize_probs(probs: Tensor, hw: tuple[int, int]) -> Tensor:
         return probs
     return F.interpolate(probs[None], size=hw, mode="bilinear", align_corners=False)[0]
 
-
-def _others(masks: Tensor) -> Tensor:
-    """(N, H, W) -> (N, H, W): clamp(sum of the other objects' masks, 0, 1), as the STM reference."""
-    n = masks.shape[0]
-    if n <= _EXACT_OTHERS_MAX_OBJECTS:
-        zero = torch.zeros_like(masks[0])
-        rows = [
-            (torch.sum(masks[:o], dim=0) if o > 0 else zero)
-            + (torch.sum(masks[o + 1 :], dim=0) if o + 1 < n else zero)
-            for o in range(n)
-        ]
-        return torch.stack(rows).clamp(0, 1)
-    return (masks.sum(0, keepdim=True) - masks).clamp(0, 1)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from memvos.errors import MemvosError
-from memvos.inference.aggregation import soft_aggregate
+from memvos.inference.aggregation import others_of, soft_aggregate
 from memvos.memory.read import MemoryReader
 from memvos.models.base import QueryEncoding
 from memvos.models.lite import LiteMemoryNetwork
@@ -51,11 +51,6 @@ def _select(q: QueryEncoding, idx: Tensor) -> QueryEncoding:
     return QueryEncoding(q.key[idx], {k: v[idx] for k, v in q.features.items()})
 
 
-def others_of(masks: Tensor) -> Tensor:
-    """(B, O, H, W) -> clamp(sum of the other objects, 0, 1)."""
-    return (masks.sum(1, keepdim=True) - masks).clamp(0, 1)
-
-
 def clip_loss(
     model: LiteMemoryNetwork, batch: dict[str, Tensor], reader: MemoryReader, bootstrap_ratio: float = 1.0
 ) -> tuple[Tensor, dict[str, float]]:
@@ -71,7 +66,7 @@ def clip_loss(
     queries = [_select(enc, idx) for idx in frame_idx]
     vmask = valid[:, :, None, None].to(masks.dtype)
     mem_keys = [queries[0].key]
-    mem_values = [model.encode_values(queries[0], masks[:, 0], others_of(masks[:, 0]))]
+    mem_values = [model.encode_values(queries[0], masks[:, 0], others_of(masks[:, 0], dim=1))]
     losses, ious = [], []
     for i in range(1, t):
         key = torch.stack(mem_keys, 2).flatten(2)  # (B, Ck, T*h*w)
@@ -96,7 +91,7 @@ def clip_loss(
         if i + 1 < t:
             soft = agg[:, 1:].detach()
             mem_keys.append(qk)
-            mem_values.append(model.encode_values(queries[i], soft, others_of(soft)))
+            mem_values.append(model.encode_values(queries[i], soft, others_of(soft, dim=1)))
     loss = sum(losses) / len(losses)
     return loss, {"loss": float(loss.detach()), "iou": float(np.mean(ious))}
 
