@@ -7,7 +7,7 @@ positive), like the DAVIS interactive robot. It prints the first-frame IoU after
 (the ground truth's bounding box), then propagates the mask of the last click through the video and scores
 it with the DAVIS metrics (J&F, first and last frame excluded).
 
-    .venv/bin/python benchmarks/bench_clicks.py ../shared/data/davis16-train-240p \
+    .venv/bin/python benchmarks/bench_clicks.py ../shared/data/davis16-train \
         --sequences bmx-bumps car-turn dance-jump kite-walk paragliding rhino --clicks 3
 """
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from memvos.evaluation import evaluate
 from memvos.interactive.video import InteractiveVideo
+from memvos.io.layout import resolve_dir
 from memvos.io.masks import read_mask
 from memvos.io.writers import write_palette_png
 from memvos.models.registry import load_model
@@ -68,8 +69,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "results"
         for seq in args.sequences:
-            frames_dir = args.root / "JPEGImages" / seq
-            ann = sorted((args.root / "Annotations" / seq).glob("*.png"))
+            frames_dir = resolve_dir(args.root / "JPEGImages" / seq)  # a sequence may be a link file
+            ann = sorted(resolve_dir(args.root / "Annotations" / seq).glob("*.png"))
             iv = InteractiveVideo(model).init_state(frames_dir)
             gt = read_mask(ann[0], iv.frame_hw) > 0
             obj = iv.add_object("object").id

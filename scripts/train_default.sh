@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Train the default model memvos-lite: static-image stage, then the video stage, then export fp16 weights.
+# Train the default model memvos-lite from ImageNet: static-image stage, the 0.2 video stage, then the
+# 480p stage of 0.3 (MODEL_CARD.md), then export fp16 weights.
 # Resumable: re-run the same command and each stage continues from its checkpoint.
 # Usage: bash scripts/train_default.sh [extra `memvos train` args, e.g. --device cuda]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MEMVOS=${MEMVOS:-.venv/bin/memvos}
 $MEMVOS train --config configs/lite-static.json --out runs/lite-static --no-val "$@"
-$MEMVOS train --config configs/lite-davis.json --out runs/lite-davis --export src/memvos/weights/memvos-lite.pth "$@"
+$MEMVOS train --config configs/lite-davis.json --out runs/lite-davis "$@"
+$MEMVOS train --config configs/lite-davis480.json --out runs/lite-davis480 \
+    --set init_weights=runs/lite-davis/last.pth --export src/memvos/weights/memvos-lite.pth "$@"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from memvos.errors import MemvosError
 from memvos.io.palette import DAVIS_PALETTE
 from memvos.models.lite import LiteMemoryNetwork
 from memvos.training import augment
@@ -211,3 +212,53 @@ def test_ddp_two_process_cpu_run(dataset: Path, tmp_path: Path) -> None:
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == [1, 2]  # only rank 0 logs
     assert (out / "checkpoint.pth").is_file()
+
+
+def test_longer_clips_and_frame_limits(dataset: Path) -> None:
+    cfg = _config(dataset, frames_per_sample=5, static_prob=0.0)
+    seqs = index_davis(dataset, frame_limits={"seq0": [0, 5]})
+    assert [len(s.frames) for s in seqs] == [5, 6]
+    assert seqs[0].frames[-1].name == "00004.jpg"  # frames 5.. of seq0 are held out
+    sample = ClipSampler(cfg, seqs, photos=[]).sample((0, 0, 3, 0), 3)
+    assert sample["frames"].shape == (5, 3, 48, 48) and sample["masks"].shape[0] == 5
+    model = LiteMemoryNetwork(pretrained_backbone=False).train()
+    from memvos.memory.read import MemoryReader
+
+    batch = {k: v[None] for k, v in sample.items()}
+    loss, stats = clip_loss(model, batch, MemoryReader(similarity=model.similarity))
+    assert torch.isfinite(loss) and 0.0 <= stats["iou"] <= 1.0  # the loss reads a 4-frame memory
+    with pytest.raises(MemvosError, match="frames_per_sample must be at least 3"):
+        TrainConfig.from_file(None, ["frames_per_sample=2"])
+
+
+def test_distractor_is_a_moving_copy_whose_masks_match_its_pixels(dataset: Path) -> None:
+    cfg = _config(dataset, max_objects=3)
+    sampler = ClipSampler(cfg, index_davis(dataset), photos=[])
+    t, s = 4, 40
+    frames = torch.rand(t, 3, s, s) * 0.2  # dark, textured background
+    masks = torch.zeros(t, 1, s, s)
+    for i in range(t):
+        masks[i, 0, 10:22, 5 + i : 17 + i] = 1  # one square object moving right
+        frames[i][:, masks[i, 0] > 0] = 0.9  # bright object
+    seen = {"labelled": 0, "background": 0, "front": 0, "behind": 0}
+    obj = masks[:, 0] > 0
+    for seed in range(40):
+        out_f, out_m = sampler._distractor(np.random.default_rng(seed), frames, masks)
+        again_f, again_m = sampler._distractor(np.random.default_rng(seed), frames, masks)
+        assert torch.equal(out_f, again_f) and torch.equal(out_m, again_m)  # a pure function of the seed
+        assert (out_m.sum(1) <= 1).all()  # no pixel belongs to two objects
+        changed = (out_f - frames).abs().amax(1) > 1e-6  # (T, S, S)
+        if out_m.shape[1] == 2:  # the copy is a tracked object: its mask covers the pasted, bright pixels
+            seen["labelled"] += 1
+            copy = out_m[:, 1] > 0
+            assert copy.any() and out_f.permute(1, 0, 2, 3)[:, copy].median() > 0.7
+        else:
+            seen["background"] += 1
+        lost = obj & (out_m[:, 0] == 0)
+        if lost.any():  # the copy passed in front: the object's mask lost exactly the pixels painted over
+            seen["front"] += 1
+            assert changed[lost].float().mean() > 0.9
+        else:  # behind the object: its pixels are untouched (occlusion order)
+            seen["behind"] += 1
+            assert not changed[obj].any()
+    assert all(v > 0 for v in seen.values()), seen
