@@ -547,3 +547,19 @@ def test_real_sparse_judo(lite_weights: Path, tmp_path: Path, capsys, caplog) ->
             if t < start:
                 assert not (outputs[n] == oid).any(), f"object {oid} on frame {t}, before its mask"
         assert (outputs[names[start]][where] == oid).all(), f"object {oid} missing on its frame {start}"
+
+
+def test_every_segmenting_command_takes_the_same_session_options() -> None:
+    """One home for session options: segment, run-dataset, bench and ui all get add_session_arguments."""
+    import argparse
+
+    from memvos.cli import build_parser
+    from memvos.cli.segment import add_session_arguments
+
+    probe = argparse.ArgumentParser()
+    add_session_arguments(probe)
+    wanted = {o for a in probe._actions for o in a.option_strings} - {"-h", "--help"}
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("segment", "run-dataset", "bench", "ui"):
+        have = {o for a in sub.choices[command]._actions for o in a.option_strings}
+        assert wanted <= have, (command, sorted(wanted - have))

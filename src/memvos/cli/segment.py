@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_session_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model and memory options shared by every command that segments (segment, run-dataset, bench)."""
+    """Model and memory options shared by every command that segments (segment, run-dataset, bench, ui)."""
     g = parser.add_argument_group("model and memory")
     g.add_argument(
         "--model",
@@ -124,6 +124,26 @@ def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def session_options(args: argparse.Namespace) -> dict:
+    """The :class:`InferenceSession` keywords of :func:`add_session_arguments` options (but precision,
+    compile and the backend): the one translation of the CLI's spellings (``0`` = unbounded / original size,
+    absent = the model's default)."""
+    kwargs: dict = {}
+    if args.max_memory_frames is not None:
+        kwargs["max_memory_frames"] = None if args.max_memory_frames == 0 else args.max_memory_frames
+    if args.size is not None:
+        kwargs["size"] = args.size or None
+    kwargs.update(
+        memory_read=args.memory_read,
+        kmn_sigma=args.kmn_sigma,
+        top_k=args.top_k,
+        mem_every=args.mem_every,
+        device=args.device,
+        flush_denormals=None if args.flush_denormals else False,
+    )
+    return kwargs
+
+
 def session_from_args(args: argparse.Namespace, model=None, frame_hw: tuple[int, int] | None = None):
     """Build an :class:`InferenceSession` from :func:`add_session_arguments` options.
 
@@ -139,19 +159,7 @@ def session_from_args(args: argparse.Namespace, model=None, frame_hw: tuple[int,
     given_model = model is not None
     if model is None:
         model = load_model(args.model, args.weights)
-    kwargs = {}
-    if args.max_memory_frames is not None:
-        kwargs["max_memory_frames"] = None if args.max_memory_frames == 0 else args.max_memory_frames
-    if args.size is not None:
-        kwargs["size"] = args.size or None
-    kwargs.update(
-        memory_read=args.memory_read,
-        kmn_sigma=args.kmn_sigma,
-        top_k=args.top_k,
-        mem_every=args.mem_every,
-        device=args.device,
-        flush_denormals=None if args.flush_denormals else False,
-    )
+    kwargs = session_options(args)
     backend = getattr(args, "backend", "torch")
     precision = args.precision
     if not given_model:

@@ -9,8 +9,8 @@ import socket
 import sys
 from pathlib import Path
 
+from memvos.cli.segment import add_session_arguments, session_options
 from memvos.errors import InputError, MemvosError
-from memvos.precision import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="project folder: annotations, propagated masks, exports (default: ./<video name>.memvos)",
     )
-    p.add_argument("--model", default="memvos-lite", help="propagation model (default memvos-lite)")
-    p.add_argument("--weights", type=Path, help="weights of the propagation model (default: shipped)")
     p.add_argument("--pml-weights", type=Path, help="pixel-embedding weights (default: shipped pml-lite.pth)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS)
-    p.add_argument(
-        "--size", type=int, help="propagate at this shorter side (0: original size; default: the model's)"
-    )
+    add_session_arguments(p)  # the propagation model and its session: the options of memvos segment
     p.set_defaults(func=run)
 
 
@@ -90,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(reads=[args.source, args.weights, args.pml_weights], out_dirs=[project])
     model = load_model(args.model, args.weights).to(device)
     embedder = default_embedder(model, args.pml_weights)
-    options: dict = {"precision": args.precision}
-    if args.size is not None:  # else the session's default
-        options["size"] = args.size
+    if args.backend == "onnxruntime":
+        raise InputError("memvos ui propagates with the torch backend (its clicks need the torch model)")
+    options = {k: v for k, v in session_options(args).items() if k != "device"}
+    options.update(precision=args.precision, compile=args.compile)
     iv = InteractiveVideo(model, embedder, device=str(device), session_options=options)
     iv.init_state(args.source, project_dir=project)
     sock = bind(args.port)
