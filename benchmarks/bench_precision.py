@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--precisions", nargs="+", default=None, help="default: every one this CPU runs")
     ap.add_argument("--size", type=int, default=0, help="processing size (0: the model's default)")
+    ap.add_argument("--onnxruntime", action="store_true", help="also time the onnxruntime backend")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if not DATA.is_dir():
@@ -60,12 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         except InputError as exc:
             print(f"{p}: refused here ({exc})")
     kwargs = {} if args.size == 0 else {"size": args.size}
+    models = {p: model for p in precisions}
+    if args.onnxruntime:
+        from memvos.inference.backends import onnx_model
+
+        models["onnxruntime"] = onnx_model("memvos-lite", None)
+        precisions.append("onnxruntime")
     times: dict[str, list[float]] = {p: [] for p in precisions}
     labels: dict[str, list[np.ndarray]] = {}
     resolved = {}
     for _ in range(args.rounds):
         for p in precisions:
-            session = InferenceSession(model, precision=p, **kwargs)
+            prec = "fp32-fast" if p == "onnxruntime" else p
+            session = InferenceSession(models[p], precision=prec, **kwargs)
             resolved[p] = session.precision
             out = []
             step_ms = []
