@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 clip=examples/horse-and-coin
 .venv/bin/memvos segment "$clip/frames" --mask "$clip/mask.png" --out out/demo/horse-and-coin \
-    --overlay out/demo/horse-and-coin.mp4 "$@"
+    --overlay out/demo/horse-and-coin.mp4 --overwrite "$@"
 mkdir -p out/demo-gt && ln -sfn "$(pwd)/$clip/gt" out/demo-gt/horse-and-coin
 .venv/bin/memvos eval out/demo --gt out/demo-gt --sequences horse-and-coin --out out/demo-eval
