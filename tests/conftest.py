@@ -105,3 +105,17 @@ def tiny_clip(tmp_path: Path) -> TinyClip:
     mask_path = root / "mask.png"
     _palette_png(mask_path, labels[0])
     return TinyClip(root, frames_dir, png_dir, mask_path, gt_dir, names, labels, frames)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Exports and backend measurements of the tests go to a temporary cache, never the user's."""
+    import os
+
+    old = os.environ.get("MEMVOS_CACHE")
+    os.environ["MEMVOS_CACHE"] = str(tmp_path_factory.mktemp("memvos-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MEMVOS_CACHE", None)
+    else:
+        os.environ["MEMVOS_CACHE"] = old

@@ -68,6 +68,12 @@ def test_auto_measures_once_per_size_and_keeps_the_faster(lite_weights: Path, mo
     assert len(calls) == 4  # another input size is measured
     _, chosen, _ = _choose("auto", lite_weights, precision="fp32")
     assert chosen == "torch"  # the exact path is always torch
+    for asked in ("bf16", "fp16"):  # an explicit reduced precision is never swapped for float32 graphs
+        try:
+            _, chosen, precision = _choose("auto", lite_weights, precision=asked)
+        except InputError:
+            continue  # this CPU has no kernels for it
+        assert (chosen, precision) == ("torch", asked)
 
 
 def test_segment_with_onnxruntime_gives_the_torch_masks(

@@ -465,4 +465,3 @@ def resize_probs(probs: Tensor, hw: tuple[int, int]) -> Tensor:
     if tuple(probs.shape[-2:]) == tuple(hw):
         return probs
     return F.interpolate(probs[None], size=hw, mode="bilinear", align_corners=False)[0]
-
