@@ -255,7 +255,7 @@ def machine_info(device: torch.device | None = None) -> dict[str, object]:
 def _session_settings(session: InferenceSession) -> dict[str, object]:
     return {
         "precision": session.precision,
-        "backend": getattr(session, "backend", "torch"),
+        "backend": session.backend,
         "device": str(session.device),
         "memory_read": session.reader.kind,
         "kmn_sigma": session.reader.sigma,

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memvos.errors import MemvosError, OptionError
+from memvos.io.records import sha256_file
 from memvos.models.base import MemoryNetwork, QueryEncoding
 
 logger = logging.getLogger(__name__)
@@ -393,14 +394,6 @@ def _refuse_existing(manifest_path: Path, overwrite: bool) -> None:
         )
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def export_network(
     model: MemoryNetwork,
     out_dir: str | Path,
@@ -663,6 +656,7 @@ class OnnxModel(MemoryNetwork):
         self.default_max_memory_frames = memory["default_max_memory_frames"]
         self.default_size = memory["default_size"]
         self.bf16_affinity = False
+        self.backend = "onnxruntime"
         self._key_from_query = memory["key"] == QUERY_KEY
         self._sessions: dict[str, Any] = {}
         self._inputs: dict[str, list[str]] = {}

@@ -91,14 +91,14 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
 def run_settings(args: argparse.Namespace) -> dict:
     """What makes two runs the same run, for the run record beside the masks (memvos.io.records): the
     model, the weights' digest and every option of :func:`add_session_arguments` that changes the masks."""
-    from memvos.io.records import file_digest
+    from memvos.io.records import sha256_file
     from memvos.models.registry import MODELS, shipped_weights_path
 
     weights = args.weights
     if weights is None and args.model in MODELS:
         weights = shipped_weights_path(args.model)
     try:
-        digest = file_digest(weights) if weights is not None else None
+        digest = sha256_file(weights) if weights is not None else None
     except OSError:
         digest = None  # unreadable weights are reported by the model loader
     return {
@@ -173,11 +173,7 @@ def session_from_args(args: argparse.Namespace, model=None, frame_hw: tuple[int,
             frame_hw=frame_hw,
             session_kwargs=kwargs,
         )
-    session = InferenceSession(
-        model, precision=precision, compile=args.compile and backend == "torch", **kwargs
-    )
-    session.backend = backend
-    return session
+    return InferenceSession(model, precision=precision, compile=args.compile and backend == "torch", **kwargs)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from memvos.errors import InputError
-from memvos.inference.session import InferenceSession, processing_hw
+from memvos.inference.session import InferenceSession, processing_hw, resolve_device
 from memvos.io.atomic import atomic_write_text
+from memvos.io.records import sha256_file
 from memvos.models.base import MemoryNetwork
 from memvos.precision import cpu_capability, resolve_precision
 
@@ -52,7 +52,7 @@ def onnxruntime_available() -> bool:
 
 def onnx_model(model_name: str, weights: str | Path | None) -> MemoryNetwork:
     """The exported graphs of ``model_name`` with ``weights`` (None: shipped), exported on first use."""
-    from memvos.export import MANIFEST_NAME, OnnxModel, export_model, sha256_file
+    from memvos.export import MANIFEST_NAME, OnnxModel, export_model
     from memvos.models.registry import shipped_weights_path
 
     path = Path(weights) if weights is not None else shipped_weights_path(model_name)
@@ -125,9 +125,7 @@ def choose_backend(
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r} (use one of {', '.join(BACKENDS)})")
-    dev = torch.device(
-        "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
+    dev = resolve_device(device)
     resolved = resolve_precision(precision, dev)
     if backend == "torch":
         return model, "torch", precision
@@ -150,7 +148,6 @@ def choose_backend(
     if not onnxruntime_available():
         logger.debug("backend torch (onnxruntime is not installed)")
         return model, "torch", precision
-    from memvos.export import sha256_file
     from memvos.models.registry import shipped_weights_path
 
     wpath = Path(weights) if weights is not None else shipped_weights_path(model_name)

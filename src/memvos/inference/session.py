@@ -163,8 +163,7 @@ class InferenceSession:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.exact = self.precision == "fp32"
-        #: "torch", or "onnxruntime" when ``model`` is exported graphs (memvos.inference.backends)
-        self.backend = "onnxruntime" if type(model).__name__ == "OnnxModel" else "torch"
+        self.backend = model.backend  # "torch", or "onnxruntime" for exported graphs
         if self.device.type == "cpu":
             logger.debug("precision %s (asked: %s) on a %s CPU", self.precision, precision, describe_cpu())
         if flush_denormals is None:

@@ -25,10 +25,8 @@ RECORD = ".memvos-run.json"
 _INFO_KEYS = ("memvos", "created", "complete")
 
 
-def file_digest(path: str | Path | None) -> str | None:
-    """SHA-256 of a file (the identity of a weights file in a record); None for None."""
-    if path is None:
-        return None
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file, hex (the identity of a weights file in run records, exports and caches)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -44,6 +44,8 @@ class MemoryNetwork(nn.Module):
     #: The memory read may compute affinities in bf16 under bf16 precision (``MemoryReader.bf16_affinity``).
     #: Only where the trained weights were checked: masks must agree with the float32-affinity read.
     bf16_affinity: bool = False
+    #: What runs the per-frame graphs: "torch", or "onnxruntime" (exported graphs, memvos.export.OnnxModel).
+    backend: str = "torch"
     #: Shorter side (pixels) frames are processed at by default; None = the original size.
     default_size: int | None = None
 
