@@ -79,7 +79,7 @@ def _device_for_rank(device: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from memvos.cli.segment import session_from_args
-    from memvos.inference.dataset import Shard, list_sequences, run_dataset
+    from memvos.inference.dataset import DONE_MARKER, Shard, list_sequences, run_dataset
     from memvos.io.frames import open_frames
     from memvos.io.layout import resolve_dir
 
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from memvos.io.records import claim_output_folder
 
     settings = {"command": "run-dataset", "root": str(resolved(root)), **run_settings(args)}
-    claim_output_folder(args.out, settings, overwrite=args.overwrite, nested=True)
+    claim_output_folder(args.out, settings, overwrite=args.overwrite, nested=True, done_marker=DONE_MARKER)
     logger.info(
         "%s: %d sequences, model %s (%s, %s), shard %d/%d -> %s",
         root,

@@ -69,7 +69,12 @@ def write_record(folder: str | Path, settings: dict[str, Any], complete: bool = 
 
 
 def claim_output_folder(
-    folder: str | Path, settings: dict[str, Any], *, overwrite: bool = False, nested: bool = False
+    folder: str | Path,
+    settings: dict[str, Any],
+    *,
+    overwrite: bool = False,
+    nested: bool = False,
+    done_marker: str | None = None,
 ) -> None:
     """Make ``folder`` this run's: refuse (or, with ``overwrite``, clear) masks of any other run.
 
@@ -77,8 +82,8 @@ def claim_output_folder(
         folder: the output folder (created if missing).
         settings: JSON-able settings that make two runs the same run (input, model, weights, options).
         overwrite: remove masks of another run (or unrecorded PNGs) instead of refusing.
-        nested: masks live in sub-folders (``run-dataset``: ``DIR/<seq>/<frame>.png``), with ``.done``
-            markers that are removed along with them.
+        nested: masks live in sub-folders (``run-dataset``: ``DIR/<seq>/<frame>.png``).
+        done_marker: name of the per-sub-folder "finished" marker, removed along with the masks.
     """
     folder = Path(folder)
     try:
@@ -101,8 +106,8 @@ def claim_output_folder(
             raise InputError(f"{why}; choose an empty --out, or pass --overwrite to replace them")
         for p in masks:
             p.unlink()
-        if nested:
-            for marker in folder.glob("*/.done"):
+        if nested and done_marker:
+            for marker in folder.glob(f"*/{done_marker}"):
                 marker.unlink()
         logger.warning("--overwrite: removed %d mask(s) of an earlier run from %s", len(masks), folder)
     write_record(folder, settings)
