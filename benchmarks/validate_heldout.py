@@ -60,12 +60,23 @@ def schoolgirls_view(work: Path) -> Path:
     return view
 
 
-def run_set(model, root: Path, gt: Path, sequences: list[str], year: int, size: int, out: Path) -> dict:
+def run_set(
+    model,
+    root: Path,
+    gt: Path,
+    sequences: list[str],
+    year: int,
+    size: int,
+    out: Path,
+    session: dict | None = None,
+) -> dict:
     from memvos.evaluation import evaluate
     from memvos.inference.dataset import run_dataset
     from memvos.inference.session import InferenceSession
 
-    kwargs = {} if size == 0 else {"size": size}
+    kwargs = dict(session or {})
+    if size != 0:
+        kwargs["size"] = size
     t0 = time.monotonic()
     run_dataset(
         lambda: InferenceSession(model, **kwargs),
@@ -96,6 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", type=Path, help="memvos-lite weights (default: the shipped ones)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[0, 288], help="0 = the model's default size")
     ap.add_argument("--out", type=Path, help="write the figures here as JSON")
+    ap.add_argument(
+        "--session",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an InferenceSession keyword (JSON value), e.g. top_k=30; repeatable",
+    )
+    ap.add_argument(
+        "--adapt", type=float, default=0.0, help="test-time adaptation budget in seconds per video (0: none)"
+    )
+    ap.add_argument("--sequences", nargs="+", help="only these davis16-heldout sequences")
     ap.add_argument("--sets", nargs="+", default=["davis16-heldout", "schoolgirls-late"])
     args = ap.parse_args(argv)
     if not (SHARED / "davis16-train").is_dir():
@@ -104,8 +126,26 @@ def main(argv: list[str] | None = None) -> int:
     from memvos.benchmark import machine_info
     from memvos.models.registry import load_model
 
+    session = {}
+    for item in args.session:
+        key, _, value = item.partition("=")
+        try:
+            session[key] = json.loads(value)
+        except json.JSONDecodeError:
+            session[key] = value
+    if args.adapt > 0:
+        import functools
+
+        from memvos.training.adapt import AdaptSettings, adapt_to_frame
+
+        session["adapter"] = functools.partial(adapt_to_frame, settings=AdaptSettings(seconds=args.adapt))
     model = load_model("memvos-lite", args.weights)
-    report: dict = {"weights": str(args.weights or "shipped"), "machine": machine_info()}
+    report: dict = {
+        "weights": str(args.weights or "shipped"),
+        "session": {k: v for k, v in session.items() if k != "adapter"},
+        "adapt_seconds": args.adapt,
+        "machine": machine_info(),
+    }
     with tempfile.TemporaryDirectory(prefix="memvos-val-") as tmp:
         work = Path(tmp)
         view = schoolgirls_view(work)
@@ -113,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             "davis16-heldout": (
                 SHARED / "davis16-train",
                 SHARED / "davis16-train" / "Annotations",
-                list(DAVIS16_HELDOUT),
+                list(args.sequences or DAVIS16_HELDOUT),
                 2016,
             ),
             "schoolgirls-late": (view, view / "GT", ["schoolgirls"], 2017),
@@ -122,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             root, gt, seqs, year = sets[name]
             for size in args.sizes:
                 out = work / f"{name}-{size}"
-                res = run_set(model, root, gt, seqs, year, size, out)
+                res = run_set(model, root, gt, seqs, year, size, out, session)
                 report[f"{name}@{size or 'default'}"] = res
                 print(
                     f"{name} size={size or 'default'}: J&F {res['J&F']} (J {res['J']}, F {res['F']}) "

@@ -19,7 +19,8 @@ from memvos.models.lite import LiteMemoryNetwork
 from memvos.training import augment
 from memvos.training.config import TrainConfig
 from memvos.training.data import ClipSampler, index_davis
-from memvos.training.trainer import Trainer, clip_loss
+from memvos.training.losses import clip_loss
+from memvos.training.trainer import Trainer
 
 from .conftest import render_tiny_clip
 

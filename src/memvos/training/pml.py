@@ -28,7 +28,8 @@ from memvos.models.registry import load_model, shipped_weights_path
 from memvos.models.weights import load_weights, read_state_dict
 from memvos.precision import autocast
 from memvos.training.config import TrainConfig
-from memvos.training.trainer import StageTrainer, _lr_factor
+from memvos.training.schedule import lr_factor
+from memvos.training.trainer import StageTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class PMLTrainer(StageTrainer):
         """One optimisation step on ``batch`` (see :func:`pml_batch_loss`)."""
         cfg = self.cfg
         for g in self.optimizer.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(cfg, it)
+            g["lr"] = cfg.lr * lr_factor(cfg, it)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
         self.embedder.head.train()
         with autocast(self.precision, self.device):

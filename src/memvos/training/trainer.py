@@ -1,4 +1,5 @@
-"""Training loop for memvos-lite: three-frame clips, memory read with predicted masks, soft-aggregated CE.
+"""Training loop for memvos-lite (the clip loss: :mod:`memvos.training.losses`; torchrun helpers:
+:mod:`memvos.training.distributed`; schedule: :mod:`memvos.training.schedule`).
 
 Runs on one CPU/GPU or under ``torchrun`` (DDP: gloo on CPU, NCCL on GPU). Checkpoints every few minutes
 (``checkpoint.pth``, exact resume), logs JSON lines to ``log.jsonl``, shows a progress bar.
@@ -8,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import random
 import time
 from pathlib import Path
@@ -17,14 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from memvos.errors import MemvosError
-from memvos.inference.aggregation import others_of, soft_aggregate
 from memvos.memory.read import MemoryReader
-from memvos.models.base import QueryEncoding
 from memvos.models.lite import LiteMemoryNetwork
 from memvos.models.weights import (
     describe_content,
@@ -39,106 +35,14 @@ from memvos.models.weights import (
 from memvos.precision import autocast, training_precision
 from memvos.training.config import TrainConfig
 from memvos.training.data import ClipSampler, SampleStream, collate, index_davis, max_gap
+from memvos.training.distributed import dist_env, setup_distributed
+from memvos.training.losses import ClipLoss
+from memvos.training.schedule import freeze_batchnorm, lr_factor
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pth"
 LOG = "log.jsonl"
-
-
-# ---------------------------------------------------------------------------- the loss of one batch
-def _select(q: QueryEncoding, idx: Tensor) -> QueryEncoding:
-    return QueryEncoding(q.key[idx], {k: v[idx] for k, v in q.features.items()})
-
-
-def clip_loss(
-    model: LiteMemoryNetwork, batch: dict[str, Tensor], reader: MemoryReader, bootstrap_ratio: float = 1.0
-) -> tuple[Tensor, dict[str, float]]:
-    """Cross-entropy on the soft-aggregated predictions of frames 2..T of every clip.
-
-    Frame 2 reads the memory of frame 1 (given mask); frame t reads frames 1..t-1, each later one with its
-    *predicted* soft mask. batch: frames (B, T, 3, H, W), masks (B, T, O, H, W), valid (B, O).
-    """
-    frames, masks, valid = batch["frames"], batch["masks"], batch["valid"]
-    b, t, o = masks.shape[:3]
-    enc = model.encode_frames(frames.flatten(0, 1))
-    frame_idx = [torch.arange(b, device=frames.device) * t + i for i in range(t)]
-    queries = [_select(enc, idx) for idx in frame_idx]
-    vmask = valid[:, :, None, None].to(masks.dtype)
-    mem_keys = [queries[0].key]
-    mem_values = [model.encode_values(queries[0], masks[:, 0], others_of(masks[:, 0], dim=1))]
-    losses, ious = [], []
-    for i in range(1, t):
-        key = torch.stack(mem_keys, 2).flatten(2)  # (B, Ck, T*h*w)
-        value = torch.stack(mem_values, 3)  # (B, O, Cv, T, h, w)
-        qk = queries[i].key
-        readout = reader(key, value.flatten(1, 2).flatten(2), qk.flatten(2), tuple(qk.shape[-2:]))
-        readout = readout.view(b, o, -1, *qk.shape[-2:])
-        logits = model.decode_logits(queries[i], readout).float()  # (B, O, H, W)
-        prob = torch.sigmoid(logits) * vmask
-        agg = soft_aggregate(prob, dim=1)  # (B, O+1, H, W)
-        gt = masks[:, i]
-        labels = torch.where(gt.sum(1) > 0, gt.argmax(1) + 1, torch.zeros_like(gt[:, 0], dtype=torch.long))
-        pixel_loss = F.nll_loss(torch.log(agg.clamp_min(1e-8)), labels, reduction="none").flatten(1)
-        if bootstrap_ratio < 1.0:
-            k = max(1, int(pixel_loss.shape[1] * bootstrap_ratio))
-            pixel_loss = pixel_loss.topk(k, dim=1).values
-        losses.append(pixel_loss.mean())
-        pred = agg.argmax(1)
-        inter = ((pred == labels) & (labels > 0)).sum().item()
-        union = ((pred > 0) | (labels > 0)).sum().item()
-        ious.append(inter / max(union, 1))
-        if i + 1 < t:
-            soft = agg[:, 1:].detach()
-            mem_keys.append(qk)
-            mem_values.append(model.encode_values(queries[i], soft, others_of(soft, dim=1)))
-    loss = sum(losses) / len(losses)
-    return loss, {"loss": float(loss.detach()), "iou": float(np.mean(ious))}
-
-
-class ClipLoss(nn.Module):
-    """Wraps the model so that DDP sees the whole clip loss as one ``forward``."""
-
-    def __init__(self, model: LiteMemoryNetwork, reader: MemoryReader):
-        super().__init__()
-        self.model = model
-        self.reader = reader
-
-    def forward(self, batch: dict[str, Tensor], bootstrap_ratio: float) -> tuple[Tensor, dict[str, float]]:
-        return clip_loss(self.model, batch, self.reader, bootstrap_ratio)
-
-
-# ---------------------------------------------------------------------------- distributed helpers
-def _dist_env() -> tuple[int, int, int]:
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-    )
-
-
-def _setup_distributed(device: torch.device) -> tuple[int, int]:
-    rank, world, _ = _dist_env()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return rank, world
-
-
-def _freeze_bn(model: nn.Module) -> None:
-    """Small batches: keep BatchNorm statistics fixed (as STM/STCN training does)."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-
-
-def _lr_factor(cfg: TrainConfig, it: int) -> float:
-    """Linear warm-up, then cosine decay to 5% at the last iteration."""
-    if it < cfg.warmup_iters:
-        return (it + 1) / cfg.warmup_iters
-    t = (it - cfg.warmup_iters) / max(1, cfg.iterations - cfg.warmup_iters)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 # ---------------------------------------------------------------------------- the shared loop
@@ -163,13 +67,13 @@ class StageTrainer:
         self.out = Path(out_dir)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        _, world, local = _dist_env()
+        _, world, local = dist_env()
         if world > 1 and not self.distributed:
             raise MemvosError(f"the {self.stage} stage trains in one process (no torchrun)")
         self.device = torch.device(f"cuda:{local}" if device == "cuda" and world > 1 else device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.rank, self.world = _setup_distributed(self.device)
+        self.rank, self.world = setup_distributed(self.device)
         self.progress = progress and self.rank == 0
         self.precision = training_precision(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
@@ -356,7 +260,7 @@ class Trainer(StageTrainer):
         frozen = model.freeze_backbone(cfg.freeze_backbone_stride)
         logger.info("froze %d backbone parameters (up to stride %d)", frozen, cfg.freeze_backbone_stride)
         model.train()
-        _freeze_bn(model)
+        freeze_batchnorm(model)
         model = model.to(self.device)
         if self.precision != "fp32":
             model = model.to(memory_format=torch.channels_last)
@@ -408,7 +312,7 @@ class Trainer(StageTrainer):
         if self.precision != "fp32":
             batch["frames"] = batch["frames"].contiguous()
         for g, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            g["lr"] = base * _lr_factor(cfg, it)
+            g["lr"] = base * lr_factor(cfg, it)
         ratio = cfg.bootstrap_ratio if it >= cfg.bootstrap_start else 1.0
         with autocast(self.precision, self.device):
             loss, stats = self.loss_fn(batch, ratio)
@@ -432,7 +336,7 @@ class Trainer(StageTrainer):
         self.model.eval()
         metrics = validate(self.model)
         self.model.train()
-        _freeze_bn(self.model)
+        freeze_batchnorm(self.model)
         self._log({"iteration": self.iteration, "validation": metrics})
         jf = metrics.get("J&F-Mean")
         if jf is not None and (self.best_val is None or jf > self.best_val):
