@@ -119,3 +119,12 @@ def test_benchmark_module_is_only_imported_by_the_bench_command():
         if any(module == "memvos.benchmark" for module, _ in _imports(path)) and name != "memvos.benchmark"
     )
     assert importers == ["memvos.cli.bench"]
+
+
+def test_package_metadata_version_is_the_code_version():
+    import tomllib
+
+    import memvos
+
+    meta = tomllib.loads((SRC.parent / "pyproject.toml").read_text())
+    assert meta["project"]["version"] == memvos.__version__

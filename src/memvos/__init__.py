@@ -16,7 +16,7 @@ from typing import Any
 
 from memvos.errors import InputError, MemvosError, OptionError, WeightsError
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 
 #: Public name -> module that defines it (imported on first use).
 _LAZY = {
