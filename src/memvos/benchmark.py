@@ -34,7 +34,7 @@ from memvos import __version__
 from memvos.allocator import describe as describe_allocator
 from memvos.errors import InputError
 from memvos.inference.session import InferenceSession
-from memvos.inference.video import StageTimes, propagate_video
+from memvos.inference.video import propagate_video
 from memvos.io.frames import FrameSource, decode_image_bytes
 from memvos.io.writers import MaskWriter
 from memvos.precision import cpu_capability, cpu_supports_bf16
@@ -307,9 +307,7 @@ def run_benchmark(
     timer = StageTimer(cuda_sync=session.device.type == "cuda")
     source.timer = timer
     previous_timer, session.timer = session.timer, timer
-    times = StageTimes()
     warm_snapshot: dict[str, tuple[float, int]] = {}
-    warm_times = (0.0, 0.0)  # (decode wait, step) at the end of the warm-up
     try:
         with (
             tempfile.TemporaryDirectory(prefix="memvos-bench-") if out_dir is None else nullcontext(out_dir)
@@ -317,7 +315,7 @@ def run_benchmark(
             t_start = time.perf_counter()
             with _TimedMaskWriter(d, timer) as writer:
                 for i, (stem, _, result) in enumerate(
-                    propagate_video(session, source, masks, progress=progress, desc="bench", times=times)
+                    propagate_video(session, source, masks, progress=progress, desc="bench", timer=timer)
                 ):
                     t0 = time.perf_counter()
                     writer.submit(stem, result.labels)
@@ -325,21 +323,19 @@ def run_benchmark(
                     if i + 1 == warmup:
                         t_start = time.perf_counter()
                         warm_snapshot = timer.snapshot()
-                        warm_times = (times.decode, times.segment)
             seconds = time.perf_counter() - t_start
             written = writer.written
     finally:
         session.timer = previous_timer
-    measured = times.frames - warmup
-    if written != times.frames:
-        raise RuntimeError(f"wrote {written} masks for {times.frames} frames")
+    stepped = timer.snapshot().get("step", (0.0, 0))[1]  # frames segmented, warm-up included
+    measured = stepped - warmup
+    if written != stepped:
+        raise RuntimeError(f"wrote {written} masks for {stepped} frames")
     stats = timer.since(warm_snapshot)
     totals = timer.snapshot()
     for name in (*_THREAD_CPU_STAGES, "synthesis"):  # background threads run ahead/behind: all frames
         if name in totals:
             stats[name] = totals[name]
-    stats["decode_wait"] = (times.decode - warm_times[0], measured)
-    stats["step"] = (times.segment - warm_times[1], measured)
     inner = sum(stats.get(s, (0.0, 0))[0] for s in SESSION_STAGES)
     stats["other"] = (max(0.0, stats["step"][0] - inner), measured)
     stages_ms: dict[str, float] = {}
@@ -361,7 +357,7 @@ def run_benchmark(
     }
     return {
         "fps": round(measured / seconds, 3) if seconds > 0 else 0.0,
-        "frames": times.frames,
+        "frames": stepped,
         "measured_frames": measured,
         "seconds": round(seconds, 3),
         "stages_ms": stages_ms,

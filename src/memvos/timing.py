@@ -1,6 +1,7 @@
 """Per-stage timing of the pipeline: :class:`StageTimer` and the stage names.
 
-A leaf module (torch only): :class:`memvos.inference.session.InferenceSession` accepts a timer, and
+A leaf module (torch only): :class:`memvos.inference.session.InferenceSession` and
+:func:`memvos.inference.video.propagate_video` accept a timer (the one clock of a run), and
 :mod:`memvos.benchmark` reports it; neither imports the other for it.
 """
 

@@ -198,7 +198,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memvos.inference.video import StageTimes, propagate_video
+    from memvos.inference.video import propagate_video
     from memvos.io.frames import open_frames
     from memvos.io.masks import open_masks
     from memvos.io.overlay import OverlayWriter, check_video_path
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         session.device,
         len(masks),
     )
-    times = StageTimes()
+    written = 0
     start = time.perf_counter()
     progress = not args.quiet
     with ExitStack() as stack:
@@ -235,26 +235,25 @@ def run(args: argparse.Namespace) -> int:
         overlay = None
         if args.overlay:
             overlay = stack.enter_context(OverlayWriter(args.overlay, fps=frames.fps))
-        for stem, rgb, result in propagate_video(session, frames, masks, progress=progress, times=times):
+        for stem, rgb, result in propagate_video(session, frames, masks, progress=progress):
             too_big = [i for i in result.object_ids if i >= 255]
             if too_big:  # checked here, on the first frame that has them, rather than by the writer thread
                 raise InputError(
                     f"object id {too_big[0]} in the masks {args.mask} does not fit in the "
                     "output palette PNGs (ids 1-254; 255 is void); renumber the objects"
                 )
-            t0 = time.perf_counter()
             writer.submit(stem, result.labels)
             if overlay is not None:
                 overlay.write(rgb, result.labels)
-            times.write += time.perf_counter() - t0
+            written += 1
     complete_record(args.out)
     elapsed = time.perf_counter() - start
     logger.info(
         "wrote %d masks to %s in %.1f s (%.1f fps)%s",
-        times.frames,
+        written,
         args.out,
         elapsed,
-        times.frames / max(elapsed, 1e-9),
+        written / max(elapsed, 1e-9),
         f", overlay {args.overlay}" if args.overlay else "",
     )
     return 0

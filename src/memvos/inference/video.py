@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -16,18 +16,10 @@ from memvos.inference.session import InferenceSession, StepResult
 from memvos.io.frames import FrameSource
 from memvos.io.masks import read_mask
 
+if TYPE_CHECKING:
+    from memvos.timing import StageTimer
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class StageTimes:
-    """Wall time spent per stage, seconds."""
-
-    decode: float = 0.0
-    segment: float = 0.0
-    write: float = 0.0
-    frames: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def propagate_video(
@@ -37,17 +29,18 @@ def propagate_video(
     *,
     progress: bool = True,
     desc: str = "segment",
-    times: StageTimes | None = None,
+    timer: StageTimer | None = None,
 ) -> Iterator[tuple[str, np.ndarray, StepResult]]:
     """Segment every frame of ``frames``, giving the session the masks of ``masks`` (frame stem -> mask).
 
     Yields (stem, frame RGB (H, W, 3) uint8, result) in frame order; frames stream, nothing accumulates.
+    ``timer``: charged, per frame, the wait for the next decoded frame ("decode_wait") and the session step
+    with its mask reading ("step").
     Raises:
         InputError: if no mask is given for any frame, or the first mask holds no object.
     """
     if not masks:
         raise InputError("no mask given: memvos needs the objects' mask on at least one frame")
-    times = times if times is not None else StageTimes()
     size = (frames.height, frames.width)
     first = min(masks, key=frames.names.index)
     bar = tqdm(total=len(frames), desc=desc, unit="frame", disable=not progress, dynamic_ncols=True)
@@ -71,9 +64,9 @@ def propagate_video(
                     )
             result = session.step(rgb, mask)
             t2 = time.perf_counter()
-            times.decode += t1 - t0
-            times.segment += t2 - t1
-            times.frames += 1
+            if timer is not None:
+                timer.add("decode_wait", t1 - t0)
+                timer.add("step", t2 - t1)
             bar.update(1)
             yield stem, rgb, result
     finally:
