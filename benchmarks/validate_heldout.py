@@ -114,9 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="an InferenceSession keyword (JSON value), e.g. top_k=30; repeatable",
     )
-    ap.add_argument(
-        "--adapt", type=float, default=0.0, help="test-time adaptation budget in seconds per video (0: none)"
-    )
     ap.add_argument("--sequences", nargs="+", help="only these davis16-heldout sequences")
     ap.add_argument("--sets", nargs="+", default=["davis16-heldout", "schoolgirls-late"])
     args = ap.parse_args(argv)
@@ -125,27 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from memvos.benchmark import machine_info
     from memvos.models.registry import load_model
+    from memvos.training.config import parse_overrides
 
-    session = {}
-    for item in args.session:
-        key, _, value = item.partition("=")
-        try:
-            session[key] = json.loads(value)
-        except json.JSONDecodeError:
-            session[key] = value
-    if args.adapt > 0:
-        import functools
-
-        from memvos.training.adapt import AdaptSettings, adapt_to_frame
-
-        session["adapter"] = functools.partial(adapt_to_frame, settings=AdaptSettings(seconds=args.adapt))
+    session = parse_overrides(args.session)
     model = load_model("memvos-lite", args.weights)
-    report: dict = {
-        "weights": str(args.weights or "shipped"),
-        "session": {k: v for k, v in session.items() if k != "adapter"},
-        "adapt_seconds": args.adapt,
-        "machine": machine_info(),
-    }
+    report: dict = {"weights": str(args.weights or "shipped"), "session": session, "machine": machine_info()}
     with tempfile.TemporaryDirectory(prefix="memvos-val-") as tmp:
         work = Path(tmp)
         view = schoolgirls_view(work)

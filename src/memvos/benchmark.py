@@ -327,12 +327,12 @@ def run_benchmark(
             written = writer.written
     finally:
         session.timer = previous_timer
-    stepped = timer.snapshot().get("step", (0.0, 0))[1]  # frames segmented, warm-up included
+    totals = timer.snapshot()
+    stepped = totals.get("step", (0.0, 0))[1]  # frames segmented, warm-up included
     measured = stepped - warmup
     if written != stepped:
         raise RuntimeError(f"wrote {written} masks for {stepped} frames")
     stats = timer.since(warm_snapshot)
-    totals = timer.snapshot()
     for name in (*_THREAD_CPU_STAGES, "synthesis"):  # background threads run ahead/behind: all frames
         if name in totals:
             stats[name] = totals[name]

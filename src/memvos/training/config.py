@@ -9,6 +9,24 @@ from pathlib import Path
 from memvos.errors import MemvosError
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["key=value", ...]`` -> {key: value}, each value read as JSON where it parses, else a string.
+
+    Raises:
+        MemvosError: an item has no ``=``.
+    """
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MemvosError(f"override {item!r} is not key=value")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 @dataclass
 class TrainConfig:
     """All knobs of ``memvos train``. Paths are relative to the current directory."""
@@ -65,14 +83,7 @@ class TrainConfig:
             except (OSError, json.JSONDecodeError) as exc:
                 raise MemvosError(f"cannot read config {path}: {exc}") from None
         known = {f.name: f for f in fields(cls)}
-        for item in overrides or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise MemvosError(f"override {item!r} is not key=value")
-            try:
-                data[key] = json.loads(value)
-            except json.JSONDecodeError:
-                data[key] = value
+        data.update(parse_overrides(overrides or []))
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise MemvosError(f"unknown config keys: {', '.join(unknown)}")

@@ -15,6 +15,7 @@ from memvos.models.lite import LiteMemoryNetwork
 
 
 def select_frames(q: QueryEncoding, idx: Tensor) -> QueryEncoding:
+    """The encodings of batch rows ``idx`` (B',) of ``q``: key (B', Ck, h, w) and every feature map."""
     return QueryEncoding(q.key[idx], {k: v[idx] for k, v in q.features.items()})
 
 
